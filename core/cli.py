@@ -1,0 +1,53 @@
+"""Command-line interface: `python -m core <command>` (also `./run.sh <command>`).
+
+Each command group lives in its own module under core/commands/ and adds itself to `app`;
+heavy imports (torch) happen inside the commands, so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from core.errors import UserError
+
+app = typer.Typer(
+    help="Urban sound classification (UrbanSound8K): train solutions, blend and score predictions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = (
+    "core.commands.solutions",
+)
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    """Run the CLI; a UserError becomes one red message and a non-zero exit, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except UserError as error:
+        _fail(str(error), error.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as error:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)

@@ -1,0 +1,167 @@
+"""A solution's recipe: every modelling and training choice, as frozen dataclasses.
+
+Plugins build a `Recipe` (the root of the lineage) or `derive` one from their parent, naming only
+what changes. The engine (model builder, data pipeline, trainer) reads nothing but the recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PCEN:
+    """Trainable per-channel energy normalisation (shared scalars alpha, delta, r; fixed smoother s)."""
+
+    T: float = 0.06            # smoother time constant (s); s = hop / (sample_rate * T), a fixed buffer
+    alpha: float = 0.98
+    delta: float = 2.0
+    r: float = 0.5
+    eps: float = 1e-6
+    denominator_eps: float = 0.0  # scripts 5-6 add 1e-6 to (eps + M)^alpha; 1-4 and 7-8 do not
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """Waveform -> mel magnitude -> PCEN; one input channel per FFT size (multi-resolution)."""
+
+    sample_rate: int = 32000
+    clip_seconds: float = 4.0
+    n_ffts: tuple[int, ...] = (1024,)
+    hop_length: int = 320
+    n_mels: int = 64
+    f_min: float = 20.0
+    f_max: float = 16000.0
+    power: float = 1.0
+    pcen: PCEN = field(default_factory=PCEN)
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def channels(self) -> int:
+        return len(self.n_ffts)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A timm CNN used as a feature extractor, with the audio-specific edits of the lineage."""
+
+    arch: str = "resnet34"       # timm model name
+    stem: str = "timm"           # "timm": its own 7x7/2 conv + bn + act | "deep": three 3x3 convs (32, 64, 64; last stride 2)
+    maxpool: bool = True         # False replaces the stem max-pool by Identity
+    cbam: str = "none"           # "none" | "stages": after every stage | "last": after the last stage only
+    cbam_ratio: int = 16
+    cbam_kernel: int = 7
+    cbam_min_hidden: int = 1     # hidden width = max(C // ratio, cbam_min_hidden)
+    seed_first_block: bool = False  # res2net: layer1[0] uses the hierarchical add, no pool (reference quirk)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Feature map -> vector -> logits."""
+
+    pooling: str = "gap"         # "gap" | "asp": channel-wise attentive stats | "temporal_asp": one weight per frame
+    asp_channels: int = 128
+    temporal: str = "none"       # "none" | "bigru": bidirectional GRU over time before pooling
+    gru_hidden: int = 256
+    gru_layers: int = 2
+    gru_dropout: float = 0.2
+    embedding_bn: bool = False   # BatchNorm1d on the pooled vector
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How salience (metadata: 1 foreground, 2 background) enters the model."""
+
+    kind: str = "none"           # "none" | "concat": embedding joins the pooled vector | "film": modulates the last stage
+    dim: int = 64
+    padding_row: bool = False    # True: Embedding(3, dim, padding_idx=0) indexed by the raw 1/2 value
+
+    @property
+    def uses_salience(self) -> bool:
+        return self.kind != "none"
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation."""
+
+    mixup_alpha: float = 1.0     # Beta(alpha, alpha); 0 disables mixup
+    mixup_prob: float = 1.0      # probability a batch is mixed
+    freq_mask: int = 20          # SpecAugment widths (torchaudio semantics, batch-shared masks)
+    time_mask: int = 40
+    wave_prob: float = 0.0       # probability of waveform noise + gain for a clip (audiomentations)
+    noise_max: float = 0.0       # Gaussian noise amplitude ~ U[0, noise_max)
+    gain_min: float = 1.0        # linear gain range
+    gain_max: float = 1.0
+
+
+@dataclass(frozen=True)
+class Training:
+    """Optimiser, schedule, loss and the checkpoint rule."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    rho: float = 0.05            # SAM neighbourhood radius
+    adaptive: bool = False       # ASAM
+    schedule: str = "cosine"     # see core/train/schedules.py
+    warmup_epochs: int = 0
+    eta_min: float = 1e-6
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0       # 0: no clipping
+    drop_last: bool = False
+    select_metric: str = "accuracy"  # "accuracy" | "composite": which validation score picks the best epoch
+    folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines one solution."""
+
+    name: str = ""
+    parent: str | None = None
+    summary: str = ""
+    frontend: Frontend = field(default_factory=Frontend)
+    backbone: Backbone = field(default_factory=Backbone)
+    head: Head = field(default_factory=Head)
+    fusion: Fusion = field(default_factory=Fusion)
+    augment: Augment = field(default_factory=Augment)
+    training: Training = field(default_factory=Training)
+
+    def derive(self, **changes: Any) -> "Recipe":
+        """A copy with `changes` applied; a dict for a section updates only the named fields.
+
+        >>> base.derive(frontend=dict(n_mels=128), training=dict(epochs=200))
+        """
+        return replace_nested(self, changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def replace_nested(obj: Any, changes: dict[str, Any]) -> Any:
+    """dataclasses.replace, recursing into nested dataclasses when given a dict; unknown keys raise."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    updates: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key not in names:
+            raise TypeError(f"{type(obj).__name__} has no field {key!r}; fields: {sorted(names)}")
+        current = getattr(obj, key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            value = replace_nested(current, value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        updates[key] = value
+    return dataclasses.replace(obj, **updates)
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Inverse of Recipe.to_dict (used to rebuild a model from a checkpoint)."""
+    return replace_nested(Recipe(), data)

@@ -1,0 +1,104 @@
+"""Solution registry: plugins register recipe functions by decorator (like timm's @register_model).
+
+    @register                                   # a root of the lineage
+    def resnet34_pcen_sam_8fold() -> Recipe: ...
+
+    @register(parent="resnet34_pcen_sam_8fold") # a child: receives its parent's recipe
+    def resnet34_pcen_sam_8f_200e(parent: Recipe) -> Recipe:
+        return parent.derive(frontend=dict(n_mels=128))
+
+    register_variant("x_e128", parent="x", fusion=dict(dim=128))   # a one-line variant
+
+The registered name is the function name; its docstring's first line is the summary.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from core.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    parent: str | None
+    build: Callable[..., Recipe]
+    doc: str
+
+
+_ENTRIES: dict[str, Entry] = {}  # filled once by plugin imports, like timm's model registry
+
+
+class UnknownSolution(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register(fn: Callable[..., Recipe] | None = None, *, parent: str | None = None):
+    """Register `fn` as a solution named after it (usable as @register or @register(parent=...))."""
+
+    def decorate(func: Callable[..., Recipe]) -> Callable[..., Recipe]:
+        _add(Entry(func.__name__, parent, func, (func.__doc__ or "").strip()))
+        return func
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def register_variant(name: str, *, parent: str, doc: str = "", **changes: Any) -> None:
+    """Register `name` as `parent` with `changes` (same syntax as Recipe.derive)."""
+    _add(Entry(name, parent, lambda base: base.derive(**changes), doc or f"{parent} with {changes}"))
+
+
+def _add(entry: Entry) -> None:
+    if entry.name in _ENTRIES and _ENTRIES[entry.name].build is not entry.build:
+        raise ValueError(f"solution {entry.name!r} is registered twice")
+    _ENTRIES[entry.name] = entry
+
+
+def discover() -> None:
+    """Import every module of the `plugins` package (each registers its solutions)."""
+    import plugins
+
+    for module in pkgutil.iter_modules(plugins.__path__):
+        importlib.import_module(f"plugins.{module.name}")
+
+
+def names() -> list[str]:
+    """Registered solution names in lineage order (parents before children, then registration order)."""
+    discover()
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        parent = _ENTRIES[name].parent
+        if parent is not None:
+            visit(parent)
+        ordered.append(name)
+
+    for name in _ENTRIES:
+        visit(name)
+    return ordered
+
+
+def get(name: str) -> Recipe:
+    """The full recipe of solution `name` (its parent chain applied)."""
+    discover()
+    if name not in _ENTRIES:
+        raise UnknownSolution(f"unknown solution {name!r}; known solutions: {', '.join(names())}")
+    entry = _ENTRIES[name]
+    if entry.parent is None:
+        recipe = entry.build()
+    else:
+        recipe = entry.build(get(entry.parent))
+    summary = entry.doc.splitlines()[0] if entry.doc else ""
+    return recipe.derive(name=name, parent=entry.parent, summary=summary)
+
+
+def doc(name: str) -> str:
+    """The full docstring of a solution (recipe card, reference, deviations)."""
+    discover()
+    return _ENTRIES[name].doc

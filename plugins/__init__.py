@@ -1,0 +1,1 @@
+"""Solution plugins: one file per documented model; importing `core.registry.discover()` loads them all."""
