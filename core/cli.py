@@ -21,6 +21,7 @@ app = typer.Typer(
 
 COMMAND_MODULES = (
     "core.commands.solutions",
+    "core.commands.train",
 )
 
 for _module in COMMAND_MODULES:

@@ -110,15 +110,40 @@ class Training:
     weight_decay: float = 1e-2
     rho: float = 0.05            # SAM neighbourhood radius
     adaptive: bool = False       # ASAM
-    schedule: str = "cosine"     # see core/train/schedules.py
+    # Learning-rate schedules (core/train/schedules.py), all as in the reference scripts:
+    #   "cosine": CosineAnnealingLR(T_max=epochs) per epoch
+    #   "warmup_cosine": LinearLR(0.01 -> 1 over warmup_epochs) then cosine over the rest, per epoch
+    #   "warm_restarts": CosineAnnealingWarmRestarts(restart_period, restart_mult) per epoch
+    #   "onecycle_per_epoch": OneCycleLR sized in batches but stepped once per epoch (reference quirk)
+    #   "warmup_cosine_per_step": linear warm-up from 0 over warmup_epochs, cosine to 0, per batch
+    schedule: str = "cosine"
     warmup_epochs: int = 0
     eta_min: float = 1e-6
+    restart_period: int = 10
+    restart_mult: int = 2
+    pct_start: float = 0.1
     label_smoothing: float = 0.0
     grad_clip: float = 0.0       # 0: no clipping
     drop_last: bool = False
     select_metric: str = "accuracy"  # "accuracy" | "composite": which validation score picks the best epoch
     folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     seed: int = 42
+
+
+@dataclass(frozen=True)
+class Demo:
+    """The demo profile: how `train` shrinks this solution when no --data is given (synthetic set).
+
+    Same architecture; fewer folds, epochs and clips so that it finishes on a laptop CPU.
+    """
+
+    folds: tuple[int, ...] = (1,)
+    epochs: int = 6
+    batch_size: int = 16
+    precision: str = "bf16"      # bf16 autocast on CPU roughly halves the step time
+    mixup_alpha: float = 0.2     # a softer mixup learns the small set faster
+    max_clips_per_fold: int | None = None
+    max_test_clips: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +159,7 @@ class Recipe:
     fusion: Fusion = field(default_factory=Fusion)
     augment: Augment = field(default_factory=Augment)
     training: Training = field(default_factory=Training)
+    demo: Demo = field(default_factory=Demo)
 
     def derive(self, **changes: Any) -> "Recipe":
         """A copy with `changes` applied; a dict for a section updates only the named fields.

@@ -1,0 +1,84 @@
+"""`train`: train one solution over its folds (the demo profile when no --data is given)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+
+
+def parse_folds(text: str | None) -> tuple[int, ...] | None:
+    """'1,3' -> (1, 3); validates the range."""
+    if text is None:
+        return None
+    from core.errors import UserError
+
+    try:
+        folds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UserError(f"--folds takes comma-separated fold numbers like 1,3; got {text!r}") from None
+    if not folds or any(fold < 1 or fold > 10 for fold in folds):
+        raise UserError(f"--folds must list train folds between 1 and 10; got {text!r}")
+    return folds
+
+
+def train(
+    solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
+    data: Optional[Path] = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
+    out: Optional[Path] = typer.Option(None, help="Output folder [default: solutions/<solution>]."),
+    folds: Optional[str] = typer.Option(None, help="Validation folds to train, e.g. 1,3 [default: the recipe's]."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs per fold [default: the recipe's]."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the recipe's]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the recipe's]."),
+    params: Optional[Path] = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    precision: str = typer.Option("auto", help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    seed: Optional[int] = typer.Option(None, help="Random seed [default: the recipe's]."),
+    skip_bad_audio: bool = typer.Option(False, help="Drop unreadable/empty/non-finite clips (listed in skipped_audio.csv) instead of stopping."),
+    test_salience: Optional[int] = typer.Option(None, help="Salience (1|2) to assume for a test split without a salience column."),
+    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only the first N clips of each train fold (quick runs)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train SOLUTION over its folds; rerun the same command to resume."""
+    from rich.console import Console
+
+    from core import registry
+    from core.data.metadata import load_source
+    from core.train.demo import apply_demo_profile, ensure_demo_data
+    from core.train.options import TrainOptions
+    from core.train.report import print_summary
+
+    console = Console(stderr=True)
+    recipe = registry.get(solution)
+    if params is not None:
+        from core.params import apply_params, load_params
+
+        recipe = apply_params(recipe, load_params(params))
+    changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
+    if changes:
+        recipe = recipe.derive(training=changes)
+    options = TrainOptions(
+        out=out or Path("solutions") / solution, folds=parse_folds(folds), epochs=epochs, device=device,
+        precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio,
+        progress=progress, max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
+    )
+    if data is None:
+        explicit = {name for name, value in (("folds", folds), ("epochs", epochs), ("batch_size", batch_size),
+                                             ("max_clips_per_fold", max_clips_per_fold)) if value is not None}
+        if precision != "auto":
+            explicit.add("precision")
+        recipe, options, demo_changes = apply_demo_profile(recipe, options, explicit)
+        console.print("[bold]No --data given: training on the synthetic demo set[/] (data/demo). "
+                      "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
+        data = ensure_demo_data()
+    source = load_source(data)
+    from core.train.solution import train_solution
+
+    summary = train_solution(recipe, source, options)
+    print_summary(summary, console)

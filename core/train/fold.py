@@ -1,0 +1,259 @@
+"""Train one fold: SAM steps, per-epoch validation, best checkpoint, resumable every epoch."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.atomic import write_csv
+from core.metrics import Scores, score
+from core.model.network import build_model
+from core.recipe import Recipe
+from core.train import checkpoint
+from core.train.data import PreparedData, Split, WaveformDataset, make_loader
+from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
+from core.train.options import TrainOptions
+from core.train.precision import LossScaler, autocast, resolve_device, resolve_precision
+from core.train.progress import TrainProgress
+from core.train.sam import SAM
+from core.train.schedules import build_schedule
+
+import pandas as pd
+
+
+@dataclass
+class EpochRecord:
+    fold: int
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+    val_composite: float
+    seconds: float
+    skipped_steps: int
+    best: bool
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best: Scores
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Runtime:
+    """Resolved device and precision for a run."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    @classmethod
+    def from_options(cls, options: TrainOptions) -> "Runtime":
+        device = resolve_device(options.device)
+        precision = resolve_precision(options.precision, device)
+        channels_last = device.type == "cuda" if options.channels_last is None else options.channels_last
+        return cls(device, precision, channels_last)
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    """Every epoch's randomness derives from (seed, fold, epoch): resuming replays it exactly."""
+    return (seed * 1_000_003 + fold * 10_007 + epoch) % 2 ** 31
+
+
+def build_for_training(recipe: Recipe, runtime: Runtime, seed: int, fold: int) -> torch.nn.Module:
+    torch.manual_seed(epoch_seed(seed, fold, 0))  # per-fold init, independent of earlier folds
+    model = build_model(recipe).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
+               on_epoch: Callable[[EpochRecord], None] | None = None,
+               progress: TrainProgress | None = None) -> FoldResult:
+    """Train `recipe` with fold `fold` held out; resume from `out/last_fold<k>.pt` if present."""
+    training = recipe.training
+    runtime = Runtime.from_options(options)
+    progress = progress or TrainProgress(False)
+    epochs = options.epochs or training.epochs
+    seed = training.seed if options.seed is None else options.seed
+    out = Path(options.out)
+
+    model = build_for_training(recipe, runtime, seed, fold)
+    train_model = torch.compile(model) if options.compile else model
+    sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, adaptive=training.adaptive,
+              lr=training.lr, weight_decay=training.weight_decay)
+    train_rows, val_rows = data.fold_rows(fold)
+    sample_rate = recipe.frontend.sample_rate
+    train_set = WaveformDataset(data.train, train_rows, recipe.augment, sample_rate)
+    pin = runtime.device.type == "cuda"
+    steps_per_epoch = len(make_loader(train_set, training.batch_size, shuffle=True, drop_last=training.drop_last,
+                                      workers=0, seed=0, pin_memory=False))
+    schedule = build_schedule(sam.base_optimizer, training, epochs, steps_per_epoch)
+    scaler = LossScaler(enabled=runtime.precision == "fp16")
+
+    run_key = checkpoint.fingerprint(recipe, epochs=epochs, seed=seed, fold=fold, data=str(data.source.root),
+                                     clips=len(data.train.table), precision=runtime.precision)
+    last_path = out / f"last_fold{fold}.pt"
+    best_path = out / f"best_model_fold{fold}.pt"
+    start_epoch, best_value, best_epoch, history = 1, -math.inf, 0, []
+    if options.write_outputs and last_path.exists():
+        state = checkpoint.load(last_path)
+        if state.get("fingerprint") != run_key:
+            from core.errors import UserError
+            raise UserError(f"{last_path} was written by a run with other settings (recipe, epochs, seed, data "
+                            f"or precision). Use another --out, or delete {out} to start over.")
+        model.load_state_dict(state["model"])
+        sam.load_state_dict(state["optimizer"])
+        schedule.scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
+        history = list(state["history"])
+        progress.log(f"fold {fold}: resuming after epoch {state['epoch']} (best {best_value:.4f} at epoch {best_epoch})")
+
+    progress.start("epochs", epochs, f"fold {fold} epochs")
+    progress.advance("epochs", completed=start_epoch - 1)
+    for epoch in range(start_epoch, epochs + 1):
+        started = time.perf_counter()
+        seed_all(epoch_seed(seed, fold, epoch))
+        loader = make_loader(train_set, training.batch_size, shuffle=True, drop_last=training.drop_last,
+                             workers=options.workers, seed=epoch_seed(seed, fold, epoch), pin_memory=pin)
+        lr = sam.param_groups[0]["lr"]
+        train_loss, train_accuracy, skipped = run_epoch(train_model, sam, scaler, schedule, loader, recipe,
+                                                        runtime, epoch_seed(seed, fold, epoch), progress)
+        val_probs, val_loss = predict(model, data.train, val_rows, training.batch_size, runtime, options)
+        val_scores = score(data.train.labels()[val_rows], val_probs.argmax(axis=1))
+        if not schedule.per_batch:
+            schedule.scheduler.step()
+        value = val_scores.composite if training.select_metric == "composite" else val_scores.accuracy
+        improved = value > best_value  # strict, as in the reference: ties keep the earlier epoch
+        if improved:
+            best_value, best_epoch = value, epoch
+            if options.write_outputs:
+                checkpoint.save_best(best_path, recipe, fold, epoch, val_scores.as_dict(), model)
+        record = EpochRecord(fold, epoch, lr, train_loss, train_accuracy, val_loss, val_scores.accuracy,
+                             val_scores.macro_f1, val_scores.composite, time.perf_counter() - started,
+                             skipped, improved)
+        history.append(asdict(record))
+        if options.write_outputs:
+            write_csv(pd.DataFrame(history), out / f"history_fold{fold}.csv")
+            checkpoint.save_torch_state(last_path, {
+                "solution": recipe.name, "fingerprint": run_key, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": sam.state_dict(), "scheduler": schedule.scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": checkpoint.rng_state(), "best_value": best_value,
+                "best_epoch": best_epoch, "history": history,
+            })
+        progress.advance("epochs", stats=f"val acc {val_scores.accuracy:.3f} comp {val_scores.composite:.3f} "
+                                         f"best {best_value:.3f}@{best_epoch}")
+        if on_epoch is not None:
+            on_epoch(record)
+    best_row = next(row for row in history if row["epoch"] == best_epoch)
+    best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
+    return FoldResult(fold, best_epoch, best, history)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_epoch(model, sam: SAM, scaler: LossScaler, schedule, loader, recipe: Recipe, runtime: Runtime,
+              seed: int, progress: TrainProgress) -> tuple[float, float, int]:
+    """One epoch of SAM steps; returns (mean pass-1 loss, mixup-weighted accuracy, skipped steps)."""
+    model.train()
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    total_loss = total_correct = 0.0
+    seen = skipped = 0
+    progress.start("batches", len(loader), "  batches")
+    for waveforms, labels, salience in loader:
+        waveforms = waveforms.to(runtime.device, non_blocking=True)
+        labels = labels.to(runtime.device, non_blocking=True)
+        salience = salience.to(runtime.device, non_blocking=True)
+        mix = draw_mix(len(labels), recipe.augment.mixup_alpha, recipe.augment.mixup_prob, rng, generator)
+        loss, correct, ok = sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
+        if schedule.per_batch:
+            schedule.scheduler.step()
+        skipped += not ok
+        total_loss += loss * len(labels)
+        total_correct += correct
+        seen += len(labels)
+        progress.advance("batches", stats=f"loss {total_loss / seen:.3f} acc {total_correct / seen:.3f}")
+    return total_loss / max(seen, 1), total_correct / max(seen, 1), skipped
+
+
+def sam_step(model, sam: SAM, scaler: LossScaler, waveforms: torch.Tensor, labels: torch.Tensor,
+             salience: torch.Tensor, mix: Mix | None, recipe: Recipe, runtime: Runtime) -> tuple[float, float, bool]:
+    """Both SAM passes on one mixed batch. Returns (pass-1 loss, weighted correct, step taken).
+
+    Gradients are unscaled before each use; if either pass overflows (fp16) the step is skipped
+    and the weights stay where they were.
+    """
+    params = [p for group in sam.param_groups for p in group["params"]]
+    inputs = mix_batch(waveforms, mix)
+    mix_arg = mix.as_tuple() if mix is not None else None
+    smoothing = recipe.training.label_smoothing
+
+    def forward_backward() -> tuple[torch.Tensor, torch.Tensor, bool]:
+        with autocast(runtime.device, runtime.precision):
+            logits = model(inputs, salience, mix_arg)
+        loss = mixed_cross_entropy(logits, labels, mix, smoothing)
+        scaler.backward(loss)
+        return loss.detach(), logits.detach(), scaler.unscale(params)
+
+    loss, logits, finite = forward_backward()
+    if not finite or not torch.isfinite(loss):
+        sam.zero_grad(set_to_none=True)
+        scaler.update(False)
+        return float("nan"), 0.0, False
+    # Clipping before first_step would not change the perturbation (it is normalised by ||g||).
+    sam.first_step(zero_grad=True)
+    _, _, finite = forward_backward()
+    if not finite:
+        sam.restore()
+        sam.zero_grad(set_to_none=True)
+        scaler.update(False)
+        return loss.item(), mixed_correct(logits, labels, mix), False
+    if recipe.training.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, recipe.training.grad_clip)
+    sam.second_step(zero_grad=True)
+    scaler.update(True)
+    return loss.item(), mixed_correct(logits, labels, mix), True
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: Split, rows: np.ndarray, batch_size: int, runtime: Runtime,
+            options: TrainOptions) -> tuple[np.ndarray, float]:
+    """Softmax probabilities [len(rows), 10] in eval mode; also the mean CE loss where labels are known."""
+    model.eval()
+    dataset = WaveformDataset(split, rows)
+    loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=options.workers,
+                         seed=0, pin_memory=runtime.device.type == "cuda")
+    chunks, losses, counted = [], 0.0, 0
+    for waveforms, labels, salience in loader:
+        waveforms = waveforms.to(runtime.device, non_blocking=True)
+        salience = salience.to(runtime.device, non_blocking=True)
+        with autocast(runtime.device, runtime.precision):
+            logits = model(waveforms, salience).float()
+        known = labels >= 0
+        if known.any():
+            losses += F.cross_entropy(logits.cpu()[known], labels[known], reduction="sum").item()
+            counted += int(known.sum())
+        chunks.append(torch.softmax(logits, dim=1).cpu().numpy())
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, 10), dtype=np.float32)
+    return probs.astype(np.float32), losses / max(counted, 1)

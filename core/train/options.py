@@ -1,0 +1,27 @@
+"""Run options: how to train (device, folds, output), as opposed to what to train (the recipe)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    out: Path                               # the solution folder (checkpoints, CSVs, summary)
+    submissions: Path = Path("submissions") # where the fold-average submission goes
+    folds: tuple[int, ...] | None = None    # None: the recipe's folds
+    epochs: int | None = None               # None: the recipe's epochs
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 0
+    seed: int | None = None                 # None: the recipe's seed
+    skip_bad_audio: bool = False
+    progress: bool = True
+    write_outputs: bool = True              # False: no files at all (hyper-parameter trials)
+    max_clips_per_fold: int | None = None   # keep the first N clips of each train fold (quick runs)
+    max_test_clips: int | None = None
+    cache_dir: Path | None = None
+    channels_last: bool | None = None       # None: on CUDA only
+    compile: bool = False                   # torch.compile the model
+    device_cache: bool = False              # keep the training waveforms on the device (GPU) when they fit
+    test_salience: int | None = None        # salience to assume for a test split without that column

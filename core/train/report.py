@@ -1,0 +1,28 @@
+"""The final table of fold scores printed after training."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from core.train.solution import SolutionSummary
+
+
+def print_summary(summary: SolutionSummary, console: Console) -> None:
+    """Fold scores (validation), their mean, and the fold-average test score when labels exist."""
+    table = Table(title=f"{summary.solution}: validation scores of the best epoch per fold")
+    for column in ("fold", "best epoch", "accuracy", "macro-F1", "composite", "test composite"):
+        table.add_column(column, justify="right")
+    for fold, result in sorted(summary.folds.items()):
+        test = result.get("test", {}).get("composite")
+        table.add_row(str(fold), str(result["best_epoch"]), f"{result['accuracy']:.4f}",
+                      f"{result['macro_f1']:.4f}", f"{result['composite']:.4f}",
+                      "-" if test is None else f"{test:.4f}")
+    mean = summary.cv_mean
+    table.add_row("mean", "", f"{mean['accuracy']:.4f}", f"{mean['macro_f1']:.4f}", f"{mean['composite']:.4f}", "",
+                  style="bold")
+    console.print(table)
+    if summary.test is not None:
+        console.print(f"[bold]Test (fold-average submission, scored with the test labels):[/] "
+                      f"accuracy {summary.test['accuracy']:.4f}, macro-F1 {summary.test['macro_f1']:.4f}, "
+                      f"composite {summary.test['composite']:.4f}")
+    console.print(f"Submission: {summary.submission}")

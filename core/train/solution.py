@@ -1,0 +1,121 @@
+"""Train a solution over its folds and write every output: per-fold CSVs, summary, plot, submission."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import CLASS_NAMES, PROB_COLUMNS
+from core.atomic import check_writable, write_csv, write_json
+from core.data.metadata import DataSource
+from core.errors import UserError
+from core.metrics import Scores, confusion, score
+from core.recipe import Recipe
+from core.train import checkpoint
+from core.train.data import PreparedData, prepare_data
+from core.train.fold import FoldResult, Runtime, build_for_training, predict, train_fold
+from core.train.lock import folder_lock
+from core.train.options import TrainOptions
+from core.train.progress import TrainProgress
+
+
+@dataclass
+class SolutionSummary:
+    solution: str
+    folds: dict[int, dict]
+    cv_mean: dict[str, float]
+    test: dict[str, float] | None
+    submission: Path | None
+
+
+def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
+                   progress: TrainProgress | None = None) -> SolutionSummary:
+    """Train every requested fold not yet finished in `options.out`, then write the solution outputs."""
+    out = Path(options.out)
+    check_writable(out)
+    if options.write_outputs:
+        check_writable(options.submissions)
+    progress = progress or TrainProgress(options.progress)
+    folds = options.folds or recipe.training.folds
+    with folder_lock(out), progress.running():
+        data = prepare_data(recipe, source, options)
+        progress.start("folds", len(folds), "folds")
+        for fold in folds:
+            result_path = out / f"result_fold{fold}.json"
+            if result_path.exists():
+                progress.log(f"fold {fold}: finished earlier ({result_path.name}), skipped")
+            else:
+                result = train_fold(recipe, data, fold, options, progress=progress)
+                write_fold_outputs(recipe, data, result, options)
+            progress.advance("folds")
+        return write_solution_outputs(recipe, data, options)
+
+
+def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, options: TrainOptions) -> None:
+    """OOF and test probabilities of the fold's best checkpoint; the result file marks the fold done."""
+    out = Path(options.out)
+    runtime = Runtime.from_options(options)
+    model = build_for_training(recipe, runtime, 0, result.fold)
+    checkpoint.load_best_into(out / f"best_model_fold{result.fold}.pt", model, recipe.name)
+    batch_size = recipe.training.batch_size
+    _, val_rows = data.fold_rows(result.fold)
+    oof_probs, _ = predict(model, data.train, val_rows, batch_size, runtime, options)
+    oof = data.train.table.iloc[val_rows][["slice_file_name", "fold", "classID"]].reset_index(drop=True)
+    write_csv(with_probabilities(oof, oof_probs), out / f"oof_fold{result.fold}.csv")
+    test_probs, _ = predict(model, data.test, np.arange(len(data.test.table)), batch_size, runtime, options)
+    test = data.test.table[["ID"]].reset_index(drop=True)
+    write_csv(with_probabilities(test, test_probs), out / f"best_model_fold{result.fold}.csv")
+    fold_result = {"fold": result.fold, "best_epoch": result.best_epoch, **result.best.as_dict()}
+    if has_labels(data):
+        fold_result["test"] = score(test_labels(data), test_probs.argmax(axis=1)).as_dict()
+    write_json(fold_result, out / f"result_fold{result.fold}.json")
+    (out / f"last_fold{result.fold}.pt").unlink(missing_ok=True)  # the resume state is no longer needed
+
+
+def with_probabilities(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """frame + TARGET (argmax) + one column per class."""
+    frame = frame.copy()
+    frame["TARGET"] = probs.argmax(axis=1)
+    for column, values in zip(PROB_COLUMNS, probs.T):
+        frame[column] = values
+    return frame
+
+
+def has_labels(data: PreparedData) -> bool:
+    labels = data.test.table["classID"]
+    return len(labels) > 0 and not labels.isna().any()
+
+
+def test_labels(data: PreparedData) -> np.ndarray:
+    return data.test.table["classID"].to_numpy(dtype=np.int64)
+
+
+def write_solution_outputs(recipe: Recipe, data: PreparedData, options: TrainOptions) -> SolutionSummary:
+    """summary.json, the OOF confusion matrix and the fold-average submission, from every finished fold."""
+    out = Path(options.out)
+    results = {int(path.stem.removeprefix("result_fold")): json.loads(path.read_text())
+               for path in sorted(out.glob("result_fold*.json"))}
+    if not results:
+        raise UserError(f"no finished fold in {out}")
+    cv_mean = {key: float(np.mean([r[key] for r in results.values()])) for key in ("accuracy", "macro_f1", "composite")}
+    oof = pd.concat([pd.read_csv(out / f"oof_fold{fold}.csv") for fold in results], ignore_index=True)
+    oof_scores = score(oof["classID"].to_numpy(), oof["TARGET"].to_numpy())
+    from core.plots import plot_confusion
+
+    plot_confusion(confusion(oof["classID"].to_numpy(), oof["TARGET"].to_numpy()), CLASS_NAMES,
+                   f"{recipe.name}: out-of-fold (folds {','.join(map(str, results))}), "
+                   f"composite {oof_scores.composite:.4f}", out / "oof_confusion.png")
+    test_probs = np.mean([pd.read_csv(out / f"best_model_fold{fold}.csv")[PROB_COLUMNS].to_numpy()
+                          for fold in results], axis=0)
+    ids = pd.read_csv(out / f"best_model_fold{next(iter(results))}.csv")["ID"]
+    submission = pd.DataFrame({"ID": ids, "TARGET": test_probs.argmax(axis=1)})
+    submission_path = write_csv(submission, Path(options.submissions) / f"{recipe.name}.csv")
+    test_scores = score(test_labels(data), submission["TARGET"].to_numpy()).as_dict() if has_labels(data) else None
+    summary = SolutionSummary(recipe.name, results, cv_mean, test_scores, submission_path)
+    write_json({"solution": recipe.name, "folds": {str(k): v for k, v in results.items()}, "cv_mean": cv_mean,
+                "oof": oof_scores.as_dict(), "test_fold_average": test_scores,
+                "submission": str(submission_path)}, out / "summary.json")
+    return summary
