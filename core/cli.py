@@ -22,6 +22,10 @@ app = typer.Typer(
 COMMAND_MODULES = (
     "core.commands.solutions",
     "core.commands.train",
+    "core.commands.data",
+    "core.commands.blend",
+    "core.commands.predict",
+    "core.commands.tune",
 )
 
 for _module in COMMAND_MODULES:
@@ -50,5 +54,5 @@ def main() -> None:
 def _fail(message: str, code: int) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     sys.exit(code)
