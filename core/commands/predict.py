@@ -1,0 +1,55 @@
+"""`predict`: run a data folder's test split through every fold checkpoint of a trained solution."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)
+
+
+def predict(
+    solution: str = typer.Argument(..., help="A trained solution (its checkpoints are in --solutions/<solution>)."),
+    data: Path = typer.Option(..., help="Data folder whose test split is predicted."),
+    solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
+    out: Optional[Path] = typer.Option(None, help="Where the per-fold CSVs go [default: <solution dir>/predict-<data folder name>]."),
+    submission: Optional[Path] = typer.Option(None, help="Fold-average submission [default: submissions/<solution>-<data folder name>.csv]."),
+    batch_size: int = typer.Option(64, help="Clips per batch."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    test_salience: Optional[int] = typer.Option(None, help="Salience (1|2) to assume if the test metadata has none."),
+    skip_bad_audio: bool = typer.Option(False, help="Drop unreadable clips instead of stopping."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Predict the test split with every fold model in one pass over the audio; write CSVs and a submission."""
+    from rich.console import Console
+
+    from core.data.metadata import load_source
+    from core.train.fold import Runtime
+    from core.train.options import TrainOptions
+    from core.train.predict import load_fold_models, predict_folds, write_predictions
+    from core.train.progress import TrainProgress
+
+    solution_dir = solutions / solution
+    name = Path(data).resolve().name
+    out = out or solution_dir / f"predict-{name}"
+    submission = submission or Path("submissions") / f"{solution}-{name}.csv"
+    options = TrainOptions(out=out, device=device, precision=precision, workers=workers, progress=progress,
+                           test_salience=test_salience, skip_bad_audio=skip_bad_audio, write_outputs=False)
+    models = load_fold_models(solution_dir, solution, Runtime.from_options(options))
+    source = load_source(data)
+    tracker = TrainProgress(progress)
+    with tracker.running():
+        fold_probs, test = predict_folds(models, source, options, batch_size, tracker)
+    frame = write_predictions(fold_probs, test, out, submission)
+    console = Console(stderr=True)
+    console.print(f"{len(models)} fold models x {len(frame)} clips -> {out}/best_model_fold<k>.csv and {submission}")
+    if test["classID"].notna().all() and len(test):
+        from core.metrics import score
+
+        result = score(test["classID"].to_numpy(dtype=int), frame["TARGET"].to_numpy())
+        console.print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, composite {result.composite:.4f}")

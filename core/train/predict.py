@@ -1,0 +1,82 @@
+"""Inference: the test split through every fold checkpoint of a solution in one pass over the audio."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.atomic import write_csv
+from core.data.metadata import DataSource
+from core.errors import UserError
+from core.recipe import Recipe
+from core.train import checkpoint
+from core.train.data import WaveformDataset, make_loader, prepare_test
+from core.train.fold import Runtime, build_for_training
+from core.train.options import TrainOptions
+from core.train.progress import TrainProgress
+from core.train.solution import with_probabilities
+
+
+@dataclass
+class FoldModel:
+    fold: int
+    recipe: Recipe
+    model: torch.nn.Module
+
+
+def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime) -> list[FoldModel]:
+    """Every best_model_fold<k>.pt of a solution, each rebuilt from the recipe it was trained with."""
+    paths = sorted(solution_dir.glob("best_model_fold*.pt"), key=lambda p: int(p.stem.removeprefix("best_model_fold")))
+    if not paths:
+        raise UserError(f"no checkpoints best_model_fold<k>.pt in {solution_dir}; train {solution} first")
+    models = []
+    for path in paths:
+        recipe = checkpoint.recipe_of(path)
+        fold = int(path.stem.removeprefix("best_model_fold"))
+        model = build_for_training(recipe, runtime, 0, fold)
+        checkpoint.load_best_into(path, model, solution)
+        models.append(FoldModel(fold, recipe, model.eval()))
+    frontends = {m.recipe.frontend.sample_rate for m in models}, {m.recipe.frontend.num_samples for m in models}
+    if any(len(values) > 1 for values in frontends):
+        raise UserError(f"the checkpoints in {solution_dir} disagree on sample rate or clip length; retrain them alike")
+    return models
+
+
+@torch.no_grad()
+def predict_folds(models: list[FoldModel], source: DataSource, options: TrainOptions, batch_size: int,
+                  progress: TrainProgress) -> tuple[dict[int, np.ndarray], pd.DataFrame]:
+    """Softmax probabilities of every fold model and the test table; each audio batch is read once for all models."""
+    runtime = Runtime.from_options(options)
+    recipe = models[0].recipe
+    test, _ = prepare_test(recipe, source, options)
+    dataset = WaveformDataset(test, np.arange(len(test.table)))
+    loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=options.workers,
+                         seed=0, pin_memory=runtime.device.type == "cuda")
+    from core.train.precision import autocast
+
+    chunks: dict[int, list[np.ndarray]] = {m.fold: [] for m in models}
+    progress.start("batches", len(loader), "predict")
+    for waveforms, _, salience in loader:
+        waveforms = waveforms.to(runtime.device, non_blocking=True)
+        salience = salience.to(runtime.device, non_blocking=True)
+        for fold_model in models:
+            with autocast(runtime.device, runtime.precision):
+                logits = fold_model.model(waveforms, salience).float()
+            chunks[fold_model.fold].append(torch.softmax(logits, dim=1).cpu().numpy())
+        progress.advance("batches")
+    return {fold: np.concatenate(parts) for fold, parts in chunks.items()}, test.table
+
+
+def write_predictions(fold_probs: dict[int, np.ndarray], test: pd.DataFrame, out: Path,
+                      submission: Path) -> pd.DataFrame:
+    """Per-fold probability CSVs in `out` and the fold-average submission (ID,TARGET)."""
+    ids = test[["ID"]].reset_index(drop=True)
+    for fold, probs in fold_probs.items():
+        write_csv(with_probabilities(ids, probs), out / f"best_model_fold{fold}.csv")
+    mean = np.mean(list(fold_probs.values()), axis=0)
+    frame = pd.DataFrame({"ID": ids["ID"], "TARGET": mean.argmax(axis=1)})
+    write_csv(frame, submission)
+    return frame
