@@ -1,0 +1,83 @@
+"""Resume: a run killed mid-fold (SIGKILL) and rerun ends with the same weights and CSVs."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import subprocess_env
+from core.errors import UserError
+from core.train.lock import folder_lock
+
+
+def train_command(data: Path, out: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "core", "train", "resnet34_pcen_sam_8fold", "--data", str(data),
+            "--out", str(out), "--folds", "1", "--epochs", str(epochs), "--batch-size", "8",
+            "--max-clips-per-fold", "2", "--device", "cpu", "--precision", "fp32", "--no-progress"]
+
+
+def run(command: list[str], cwd: Path) -> None:
+    done = subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_killed_then_resumed_equals_uninterrupted(tiny_data, tmp_path, isolated_cache):
+    epochs = 3
+    run(train_command(tiny_data, tmp_path / "straight", epochs), tmp_path)
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(train_command(tiny_data, resumed, epochs), cwd=tmp_path, env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = resumed / "history_fold1.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if history.exists() and len(pd.read_csv(history)) >= 1:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(0.5)  # land the kill somewhere inside epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (resumed / "last_fold1.pt").exists()
+    assert not (resumed / "result_fold1.json").exists()
+
+    run(train_command(tiny_data, resumed, epochs), tmp_path)
+
+    straight_ckpt = torch.load(tmp_path / "straight" / "best_model_fold1.pt", weights_only=True)
+    resumed_ckpt = torch.load(resumed / "best_model_fold1.pt", weights_only=True)
+    assert straight_ckpt["epoch"] == resumed_ckpt["epoch"]
+    for key, tensor in straight_ckpt["model"].items():
+        assert torch.equal(tensor, resumed_ckpt["model"][key]), key
+    for name in ("best_model_fold1.csv", "oof_fold1.csv"):
+        assert (tmp_path / "straight" / name).read_text() == (resumed / name).read_text()
+    straight_history = pd.read_csv(tmp_path / "straight" / "history_fold1.csv").drop(columns=["seconds"])
+    resumed_history = pd.read_csv(resumed / "history_fold1.csv").drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(straight_history, resumed_history)
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(str(sleeper.pid))
+        with pytest.raises(UserError, match=f"PID {sleeper.pid}"):
+            with folder_lock(tmp_path):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(str(dead.pid))
+    with folder_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
