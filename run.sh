@@ -24,8 +24,10 @@ case "$1" in
   test) shift; exec "$py" -m pytest "$@" ;;
   -h|--help|help) exec "$py" -m core --help ;;
 esac
-# A registered solution name trains; anything else is a CLI command.
-if "$py" -m core solutions --names | grep -qx -- "$1"; then
-  exec "$py" -m core train "$@"
+# A CLI command runs as given; anything else is taken as a solution name to train
+# (an unknown name then fails with the list of known solutions).
+commands=$("$py" -c 'from core.cli import app; print("\n".join(c.name for c in app.registered_commands))')
+if [[ "$1" == -* ]] || grep -qx -- "$1" <<<"$commands"; then
+  exec "$py" -m core "$@"
 fi
-exec "$py" -m core "$@"
+exec "$py" -m core train "$@"

@@ -18,6 +18,7 @@ import pkgutil
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from core.errors import UserError
 from core.recipe import Recipe
 
 
@@ -32,7 +33,9 @@ class Entry:
 _ENTRIES: dict[str, Entry] = {}  # filled once by plugin imports, like timm's model registry
 
 
-class UnknownSolution(KeyError):
+class UnknownSolution(UserError, KeyError):
+    """An unregistered solution name; the message lists the known ones."""
+
     def __str__(self) -> str:
         return str(self.args[0])
 
@@ -67,20 +70,24 @@ def discover() -> None:
 
 
 def names() -> list[str]:
-    """Registered solution names in lineage order (parents before children, then registration order)."""
+    """Registered solution names in lineage order: depth-first from the roots, a parent before its
+    children, one-line variants (children without children of their own) right after their parent."""
     discover()
+    children: dict[str | None, list[str]] = {}
+    for name, entry in _ENTRIES.items():
+        children.setdefault(entry.parent, []).append(name)
     ordered: list[str] = []
 
     def visit(name: str) -> None:
-        if name in ordered:
-            return
-        parent = _ENTRIES[name].parent
-        if parent is not None:
-            visit(parent)
         ordered.append(name)
+        for child in sorted(children.get(name, []), key=lambda c: bool(children.get(c))):
+            visit(child)
 
-    for name in _ENTRIES:
-        visit(name)
+    for root in children.get(None, []):
+        visit(root)
+    orphans = [name for name in _ENTRIES if name not in ordered]
+    if orphans:
+        raise ValueError(f"solutions with an unregistered parent: {orphans}")
     return ordered
 
 

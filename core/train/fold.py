@@ -159,6 +159,10 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
             })
         progress.advance("epochs", stats=f"val acc {val_scores.accuracy:.3f} comp {val_scores.composite:.3f} "
                                          f"best {best_value:.3f}@{best_epoch}")
+        progress.log(f"fold {fold} epoch {epoch}/{epochs}: lr {lr:.2e}, train loss {train_loss:.4f}, "
+                     f"val acc {val_scores.accuracy:.4f}, F1 {val_scores.macro_f1:.4f}, "
+                     f"composite {val_scores.composite:.4f}{' (best)' if improved else ''}, "
+                     f"{record.seconds:.0f}s")
         if on_epoch is not None:
             on_epoch(record)
     best_row = next(row for row in history if row["epoch"] == best_epoch)
