@@ -29,6 +29,8 @@ def solutions(
     from rich.console import Console
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=240)  # piped into a file or a pager: don't squeeze the table to 80 columns
     console.print(lineage_tree(rows) if tree else lineage_table(rows))
 
 
