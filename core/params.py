@@ -1,0 +1,221 @@
+"""A params file: the 12 hyper-parameters of the Optuna search, read, written and applied to a Recipe.
+
+The file is flat JSON or TOML (chosen by suffix) holding some or all of `SEARCHED_NAMES`, plus the
+derived `freq_mask_param` for readability:
+
+    n_mels = 128
+    freq_mask_ratio = 0.1454714917791759
+    ...
+    freq_mask_param = 18   # derived: int(n_mels * freq_mask_ratio); must agree if present
+
+`tune --export FILE` writes one; `train --params FILE` applies it with
+`apply_params(recipe, load_params(path))`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from core.atomic import write_text
+from core.errors import UserError, format_problems
+from core.recipe import Recipe
+
+# In the order the reference search samples them (the order matters for reproducing TPE draws).
+SEARCHED_NAMES = (
+    "n_mels", "freq_mask_ratio", "batch_size", "dropout_rate", "warmup_epochs", "n_fft",
+    "hop_length", "lr", "sam_rho", "mixup_alpha", "weight_decay", "time_mask_param",
+)
+INT_NAMES = frozenset({"n_mels", "batch_size", "warmup_epochs", "n_fft", "hop_length", "time_mask_param"})
+DERIVED_NAMES = ("freq_mask_param",)
+
+# The conditions every trial of the reference search trained under; params found there only mean
+# the same thing under them (warmup_epochs needs the warm-up schedule), so they travel together.
+SEARCH_CONTEXT: dict[str, dict[str, Any]] = {
+    "training": {"schedule": "warmup_cosine", "label_smoothing": 0.1, "select_metric": "composite"},
+}
+
+_SUFFIXES = (".json", ".toml")
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def _fraction(value: float) -> bool:
+    return 0 <= value <= 1
+
+
+def _dropout(value: float) -> bool:
+    return 0 <= value < 1
+
+
+# name -> (rule, what the rule says), checked on every value that is read, written or applied
+VALUE_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "n_mels": (_positive, "> 0"),
+    "freq_mask_ratio": (_fraction, "in [0, 1]"),
+    "batch_size": (_positive, "> 0"),
+    "dropout_rate": (_dropout, "in [0, 1)"),
+    "warmup_epochs": (_non_negative, ">= 0"),
+    "n_fft": (_positive, "> 0"),
+    "hop_length": (_positive, "> 0"),
+    "lr": (_positive, "> 0"),
+    "sam_rho": (_non_negative, ">= 0"),
+    "mixup_alpha": (_non_negative, ">= 0"),
+    "weight_decay": (_non_negative, ">= 0"),
+    "time_mask_param": (_non_negative, ">= 0"),
+}
+
+
+def freq_mask_width(n_mels: int, freq_mask_ratio: float) -> int:
+    """SpecAugment frequency-mask width of the reference: int(n_mels * freq_mask_ratio)."""
+    return int(n_mels * freq_mask_ratio)
+
+
+def value_problems(name: str, value: Any) -> list[str]:
+    """Why `value` is not acceptable for searched parameter `name` (empty list if it is)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return [f"{name}: expected a number, got {value!r}"]
+    if name in INT_NAMES and not isinstance(value, int):
+        return [f"{name}: expected an integer, got {value!r}"]
+    if not math.isfinite(value):
+        return [f"{name}: expected a finite number, got {value!r}"]
+    rule, meaning = VALUE_RULES[name]
+    if not rule(value):
+        return [f"{name}: must be {meaning}, got {value!r}"]
+    return []
+
+
+def params_problems(params: dict[str, Any]) -> list[str]:
+    """Every problem of a params mapping: unknown keys, bad values, an inconsistent derived value."""
+    known = set(SEARCHED_NAMES) | set(DERIVED_NAMES)
+    problems = [f"unknown key {key!r}; known keys: {', '.join(SEARCHED_NAMES + DERIVED_NAMES)}"
+                for key in params if key not in known]
+    for name in SEARCHED_NAMES:
+        if name in params:
+            problems += value_problems(name, params[name])
+    if "freq_mask_param" in params and not problems:
+        problems += _derived_problems(params)
+    return problems
+
+
+def _derived_problems(params: dict[str, Any]) -> list[str]:
+    stated = params["freq_mask_param"]
+    if "n_mels" not in params or "freq_mask_ratio" not in params:
+        return ["freq_mask_param: is derived from n_mels and freq_mask_ratio; give both, or drop it"]
+    expected = freq_mask_width(params["n_mels"], params["freq_mask_ratio"])
+    if stated != expected:
+        return [f"freq_mask_param: {stated!r} disagrees with int(n_mels * freq_mask_ratio) = {expected}; "
+                "it is only informative, so change freq_mask_ratio instead (or drop freq_mask_param)"]
+    return []
+
+
+def with_derived(params: dict[str, Any]) -> dict[str, Any]:
+    """The searched values in reference order, followed by the derived values they imply."""
+    ordered = {name: params[name] for name in SEARCHED_NAMES if name in params}
+    if "n_mels" in ordered and "freq_mask_ratio" in ordered:
+        ordered["freq_mask_param"] = freq_mask_width(ordered["n_mels"], ordered["freq_mask_ratio"])
+    return ordered
+
+
+def apply_params(recipe: Recipe, params: dict[str, Any], *, origin: str = "params") -> Recipe:
+    """`recipe` with the searched values of `params` and the search context applied.
+
+    Names absent from `params` keep the recipe's value; freq_mask_ratio uses the recipe's n_mels
+    when n_mels is absent. The search context (warm-up cosine schedule, label smoothing 0.1, best
+    epoch by composite score) is always applied: the values were found under it. `origin` names
+    the source (a file) in error messages.
+    """
+    problems = params_problems(params)
+    if "n_fft" in params and recipe.frontend.channels > 1:
+        problems.append(f"n_fft: {recipe.name or 'the recipe'} uses several FFT sizes {recipe.frontend.n_ffts} "
+                        "(one input channel each); one n_fft would change the network, so leave n_fft out")
+    if problems:
+        raise UserError(format_problems(f"{origin} cannot be applied to {recipe.name or 'the recipe'}:", problems))
+    frontend: dict[str, Any] = {}
+    augment: dict[str, Any] = {}
+    training: dict[str, Any] = dict(SEARCH_CONTEXT["training"])
+    head: dict[str, Any] = {}
+    if "n_mels" in params:
+        frontend["n_mels"] = params["n_mels"]
+    if "n_fft" in params:
+        frontend["n_ffts"] = (params["n_fft"],)
+    if "hop_length" in params:
+        frontend["hop_length"] = params["hop_length"]
+    if "freq_mask_ratio" in params:
+        n_mels = params.get("n_mels", recipe.frontend.n_mels)
+        augment["freq_mask"] = freq_mask_width(n_mels, params["freq_mask_ratio"])
+    if "time_mask_param" in params:
+        augment["time_mask"] = params["time_mask_param"]
+    if "mixup_alpha" in params:
+        augment["mixup_alpha"] = float(params["mixup_alpha"])
+    for name in ("batch_size", "warmup_epochs"):
+        if name in params:
+            training[name] = params[name]
+    for name in ("lr", "weight_decay"):
+        if name in params:
+            training[name] = float(params[name])
+    if "sam_rho" in params:
+        training["rho"] = float(params["sam_rho"])
+    if "dropout_rate" in params:
+        head["dropout"] = float(params["dropout_rate"])
+    return recipe.derive(frontend=frontend, augment=augment, training=training, head=head)
+
+
+def load_params(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a params file (.json or .toml); the derived values are checked, then dropped."""
+    path = Path(path)
+    _check_suffix(path)
+    if not path.is_file():
+        raise UserError(f"params file {path} does not exist; write one with `tune SOLUTION --export {path}`")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = _parse(text, path.suffix.lower())
+    except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise UserError(f"params file {path} is not valid {path.suffix[1:].upper()}: {error}") from error
+    if not isinstance(data, dict):
+        raise UserError(f"params file {path} must hold a mapping of parameter names to values, "
+                        f"got {type(data).__name__}")
+    problems = params_problems(data)
+    if problems:
+        raise UserError(format_problems(f"params file {path} has problems:", problems))
+    return {name: data[name] for name in SEARCHED_NAMES if name in data}
+
+
+def save_params(params: dict[str, Any], path: str | os.PathLike, *, comment: str = "") -> Path:
+    """Write `params` (searched values plus derived ones) atomically as JSON or TOML, by suffix.
+
+    `comment` (e.g. the study and trial the values come from) becomes `#` lines at the top of a
+    TOML file; JSON has no comments, so it is not written there.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    problems = params_problems(params)
+    if problems:
+        raise UserError(format_problems(f"cannot write params file {path}:", problems))
+    ordered = with_derived(params)
+    if path.suffix.lower() == ".json":
+        return write_text(json.dumps(ordered, indent=2) + "\n", path)
+    import tomli_w
+
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    return write_text(header + tomli_w.dumps(ordered), path)
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in _SUFFIXES:
+        raise UserError(f"params file {path}: use a .json or .toml file name (got {path.suffix or 'no suffix'!r})")
+
+
+def _parse(text: str, suffix: str) -> Any:
+    if suffix == ".json":
+        return json.loads(text)
+    import tomllib
+
+    return tomllib.loads(text)

@@ -1,0 +1,78 @@
+"""One worker's search loop: run trials of a shared study until the budget, the timeout or Ctrl-C."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+STARTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When this worker stops: the study reaching `trials` trials (all workers), or `timeout` seconds."""
+
+    trials: int | None = None
+    timeout: float | None = None
+
+
+def counted_trials(study: optuna.Study) -> int:
+    """Trials that count towards the budget: finished (complete or pruned) or running somewhere."""
+    return len(study.get_trials(deepcopy=False, states=STARTED_STATES))
+
+
+class StopAtBudget:
+    """Optuna callback: stop this worker once the study's counted trials reach the budget.
+
+    Running trials of other workers count, so several workers together run about `trials` trials
+    (not `trials` each); failed trials do not count, so a rerun replaces an interrupted trial.
+    """
+
+    def __init__(self, trials: int) -> None:
+        self.trials = trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if counted_trials(study) >= self.trials:
+            study.stop()
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so `kill` also ends the running trial cleanly (marked failed)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: Budget,
+               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+               catch: tuple[type[Exception], ...] = ()) -> int:
+    """Run trials until the budget is reached; return how many trials this worker ran.
+
+    Ctrl-C (or SIGTERM) raises KeyboardInterrupt out of here after optuna has marked the running
+    trial FAIL, so nothing stays RUNNING; rerunning the same command continues the study.
+    Exceptions in `catch` fail only their trial; any other error fails the trial and stops.
+    """
+    if budget.trials is not None and counted_trials(study) >= budget.trials:
+        return 0
+    ran: list[int] = []
+    every = [lambda _study, trial: ran.append(trial.number), *callbacks]
+    if budget.trials is not None:
+        every.append(StopAtBudget(budget.trials))
+    with terminate_as_interrupt():
+        study.optimize(objective, timeout=budget.timeout, callbacks=every, catch=catch, gc_after_trial=True)
+    return len(ran)
