@@ -57,6 +57,7 @@ class Backbone:
     cbam_kernel: int = 7
     cbam_min_hidden: int = 1     # hidden width = max(C // ratio, cbam_min_hidden)
     seed_first_block: bool = False  # res2net: layer1[0] uses the hierarchical add, no pool (reference quirk)
+    zero_init_last: bool = False # timm's zero-init of each block's last BN; False = torchvision init (the reference)
 
 
 @dataclass(frozen=True)

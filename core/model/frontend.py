@@ -1,0 +1,90 @@
+"""Waveform -> mel magnitude -> trainable PCEN (one channel per FFT size) -> SpecAugment -> input BN.
+
+The frontend runs in float32 even under an outer autocast: the mel transform needs no gradient and
+PCEN's powers and logs lose too much precision in bf16/fp16.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+from torchaudio.transforms import FrequencyMasking, MelSpectrogram, TimeMasking
+
+from core.model.pcen import TrainablePCEN, smoother_coefficient
+from core.recipe import Augment, Frontend
+
+
+class PCENFrontend(nn.Module):
+    """Mel magnitude spectrogram and an independent trainable PCEN for each FFT size.
+
+    Input waveforms [B, num_samples]; output [B, len(n_ffts), n_mels, frames] in float32.
+    """
+
+    def __init__(self, frontend: Frontend) -> None:
+        super().__init__()
+        pcen = frontend.pcen
+        s = smoother_coefficient(frontend.hop_length, frontend.sample_rate, pcen.T)
+        with _concrete_device():
+            self.mels = nn.ModuleList(
+                MelSpectrogram(sample_rate=frontend.sample_rate, n_fft=n_fft, hop_length=frontend.hop_length,
+                               n_mels=frontend.n_mels, f_min=frontend.f_min, f_max=frontend.f_max,
+                               power=frontend.power)
+                for n_fft in frontend.n_ffts
+            )
+        self.pcens = nn.ModuleList(
+            TrainablePCEN(s, alpha=pcen.alpha, delta=pcen.delta, r=pcen.r, eps=pcen.eps,
+                          denominator_eps=pcen.denominator_eps)
+            for _ in frontend.n_ffts
+        )
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        """waveforms: float [B, num_samples]. Returns PCEN features [B, channels, n_mels, frames]."""
+        waveforms = waveforms.float()
+        channels = []
+        for mel, pcen in zip(self.mels, self.pcens):
+            with torch.no_grad():
+                energy = mel(waveforms)
+            channels.append(pcen(energy))
+        return torch.stack(channels, dim=1)
+
+
+def _concrete_device() -> contextlib.AbstractContextManager:
+    """CPU when building on the meta device: torchaudio checks its filterbank values (tiny buffers, no params)."""
+    if torch.get_default_device().type == "meta":
+        return torch.device("cpu")
+    return contextlib.nullcontext()
+
+
+class SpecAugment(nn.Module):
+    """One frequency mask then one time mask, shared by the whole batch (torchaudio, iid_masks=False, fill 0).
+
+    Active only in training mode; each forward draws new masks (so the two SAM passes differ, as in the reference).
+    """
+
+    def __init__(self, augment: Augment) -> None:
+        super().__init__()
+        self.freq_masking = FrequencyMasking(freq_mask_param=augment.freq_mask)
+        self.time_masking = TimeMasking(time_mask_param=augment.time_mask)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """features: [B, C, F, T]. Returns the masked features in training mode, the input otherwise."""
+        if not self.training:
+            return features
+        return self.time_masking(self.freq_masking(features))
+
+
+class AudioInput(nn.Module):
+    """The whole float32 input path: PCEN frontend, SpecAugment (training only), BatchNorm2d(channels)."""
+
+    def __init__(self, frontend: Frontend, augment: Augment) -> None:
+        super().__init__()
+        self.frontend = PCENFrontend(frontend)
+        self.spec_augment = SpecAugment(augment)
+        self.input_bn = nn.BatchNorm2d(frontend.channels)
+
+    def forward(self, waveforms: Tensor) -> Tensor:
+        """waveforms [B, num_samples] -> normalised features [B, channels, n_mels, frames] (float32)."""
+        with torch.autocast(device_type=waveforms.device.type, enabled=False):
+            features = self.spec_augment(self.frontend(waveforms))
+            return self.input_bn(features)

@@ -1,0 +1,126 @@
+"""The network builder: a recipe -> AudioClassifier (waveforms [+ salience] -> logits [B, 10]).
+
+    waveforms -> PCEN frontend -> SpecAugment (train) -> input BN        (float32, core/model/frontend.py)
+              -> timm backbone with CBAM                                 (core/model/backbone.py)
+              -> FiLM(salience)                                          (fusion "film")
+              -> mean over frequency -> BiGRU (optional) -> pooling (GAP | ASP | temporal ASP)
+              -> BN1d (optional) -> dropout -> concat salience (fusion "concat") -> Linear(., 10)
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from core import NUM_CLASSES
+from core.model.backbone import AudioBackbone
+from core.model.blocks import (AttentiveStatsPooling, BiGRU, FiLM, GlobalAveragePooling, SalienceEmbedding,
+                               TemporalAttentiveStatsPooling)
+from core.model.frontend import AudioInput
+from core.recipe import Head, Recipe
+
+SALIENCE_VALUES = (1, 2)  # UrbanSound8K metadata: 1 foreground, 2 background
+
+
+class AudioClassifier(nn.Module):
+    """A solution's model; every choice comes from its recipe."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        super().__init__()
+        self.solution = recipe.name
+        fusion = recipe.fusion
+        if fusion.kind not in ("none", "concat", "film"):
+            raise ValueError(f"{recipe.name}: unknown fusion kind {fusion.kind!r}; use 'none', 'concat' or 'film'")
+        self.uses_salience = fusion.uses_salience
+        self.fusion_kind = fusion.kind
+        self.audio_input = AudioInput(recipe.frontend, recipe.augment)
+        self.backbone = AudioBackbone(recipe.backbone, recipe.frontend.channels)
+        channels = self.backbone.out_channels
+        self.salience = SalienceEmbedding(fusion.dim, fusion.padding_row) if fusion.uses_salience else None
+        self.film = FiLM(channels, fusion.dim) if fusion.kind == "film" else None
+        self.temporal = _temporal_model(recipe.head, channels)
+        if self.temporal is not None:
+            channels = self.temporal.out_channels
+        self.pooling, pooled = _pooling(recipe.head, channels)
+        self.embedding_bn = nn.BatchNorm1d(pooled) if recipe.head.embedding_bn else nn.Identity()
+        self.dropout = nn.Dropout(recipe.head.dropout)
+        head_inputs = pooled + (fusion.dim if fusion.kind == "concat" else 0)
+        self.classifier = nn.Linear(head_inputs, NUM_CLASSES)
+
+    def forward(self, waveforms: Tensor, salience: Tensor | None = None,
+                mix: tuple[float, Tensor] | None = None) -> Tensor:
+        """waveforms float [B, num_samples] (or [B, 1, num_samples]) -> logits [B, 10].
+
+        salience: LongTensor [B] of raw metadata values (1 foreground, 2 background); required when the
+        recipe fuses salience, ignored otherwise. mix: the batch's mixup (lam, index); the salience
+        embedding is then mixed at embedding level with gradient (the waveforms arrive already mixed).
+        """
+        waveforms = _as_batch_of_clips(waveforms)
+        condition = self.salience_vectors(salience, mix, len(waveforms)) if self.uses_salience else None
+        maps = self.backbone(self.audio_input(waveforms))
+        if self.film is not None:
+            maps = self.film(maps, condition)
+        sequence = maps.mean(dim=2)                                       # over frequency: [B, C, T]
+        if self.temporal is not None:
+            sequence = self.temporal(sequence)
+        embedding = self.dropout(self.embedding_bn(self.pooling(sequence)))
+        if self.fusion_kind == "concat":
+            embedding = torch.cat([embedding, condition.to(embedding.dtype)], dim=1)
+        return self.classifier(embedding)
+
+    def salience_vectors(self, salience: Tensor | None, mix: tuple[float, Tensor] | None, batch: int) -> Tensor:
+        """Validated salience -> (mixed) embedding vectors [B, dim]."""
+        if salience is None:
+            raise ValueError(f"{self.solution} fuses salience: pass salience (1 foreground, 2 background) for "
+                             "every clip; there is no default")
+        if salience.dtype.is_floating_point or salience.dtype == torch.bool or salience.shape != (batch,):
+            raise ValueError(f"{self.solution}: salience must be an integer tensor of shape [{batch}] with raw "
+                             f"values 1|2, got dtype {salience.dtype} shape {tuple(salience.shape)}")
+        valid = (salience == SALIENCE_VALUES[0]) | (salience == SALIENCE_VALUES[1])
+        if not bool(valid.all()):
+            bad = sorted(set(salience[~valid].tolist()))
+            raise ValueError(f"{self.solution}: salience values must be 1 (foreground) or 2 (background), "
+                             f"got {bad}")
+        return self.salience(salience.long(), mix)
+
+
+def _as_batch_of_clips(waveforms: Tensor) -> Tensor:
+    """Accept [B, L] or [B, 1, L]; anything else is a caller error."""
+    if waveforms.dim() == 3 and waveforms.shape[1] == 1:
+        return waveforms[:, 0]
+    if waveforms.dim() != 2:
+        raise ValueError(f"waveforms must be [batch, samples] or [batch, 1, samples], got {tuple(waveforms.shape)}")
+    return waveforms
+
+
+def _temporal_model(head: Head, channels: int) -> nn.Module | None:
+    if head.temporal == "none":
+        return None
+    if head.temporal == "bigru":
+        return BiGRU(channels, head.gru_hidden, head.gru_layers, head.gru_dropout)
+    raise ValueError(f"unknown head temporal model {head.temporal!r}; use 'none' or 'bigru'")
+
+
+def _pooling(head: Head, channels: int) -> tuple[nn.Module, int]:
+    """The pooling module and its output width."""
+    if head.pooling == "gap":
+        return GlobalAveragePooling(), channels
+    if head.pooling == "asp":
+        return AttentiveStatsPooling(channels, head.asp_channels), 2 * channels
+    if head.pooling == "temporal_asp":
+        return TemporalAttentiveStatsPooling(channels, head.asp_channels), 2 * channels
+    raise ValueError(f"unknown head pooling {head.pooling!r}; use 'gap', 'asp' or 'temporal_asp'")
+
+
+def build_model(recipe: Recipe) -> AudioClassifier:
+    """The AudioClassifier of `recipe` (on the current default device, freshly initialised)."""
+    return AudioClassifier(recipe)
+
+
+def count_parameters(recipe: Recipe) -> int:
+    """Number of parameters of `recipe`'s model (all of them take part in the forward pass).
+
+    Built on the meta device: no memory is allocated and no initialisation is computed.
+    """
+    with torch.device("meta"):
+        model = AudioClassifier(recipe)
+    return sum(parameter.numel() for parameter in model.parameters())

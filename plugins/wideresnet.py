@@ -1,0 +1,41 @@
+"""WideResNet-50-2 with the deep audio stem, CBAM + ASP and salience concatenation (model 7).
+
+Reference: DenseNet&.Res2Net&.WideResNet/wideresnet.py (../shared/spec/wideresnet.md,
+params_7to8.md). Single-resolution PCEN (n_fft 2048, 128 mels, no denominator eps) -> BN2d(1) ->
+timm wide_resnet50_2 whose 7x7 stem is replaced by the deep audio stem (3x3 convs 1->32->64->64,
+the last with stride 2, each + BN + ReLU) with bn1 and max-pool removed (total stride 16, layer4
+[B, 2048, 8, 26]) -> CBAM(2048) after layer4 only -> ASP -> BN1d(4096) -> Dropout(0.3) -> concat
+Embedding(2, 64) salience -> Linear(4160, 10). Training: 120 epochs, batch 128 with drop_last,
+lr 1e-3, wd 1e-3, rho 0.05, cosine to 1e-6 per epoch, label smoothing 0.1, mixup Beta(1, 1) on every
+batch, SpecAugment 20 / 40, best epoch by validation accuracy.
+67,981,393 parameters (the reference's 70,030,521 include 2,049,128 dead: an unused bn1 and the
+1000-way fc, never built here).
+
+This recipe equals resnet34_pcen_salience_fusion_attention with this backbone; it is declared
+against its lineage parent (the multi-resolution CRNN), so it undoes that model's frontend,
+FiLM/GRU head and schedule.
+
+Deviations from the reference:
+- timm's wide_resnet50_2 stages (identical modules to torchvision's) with zero_init_last=False
+  (torchvision init); the deep stem keeps PyTorch's default init, as in the reference.
+- Dead modules of the reference (bn1, fc) do not exist; their weights cannot be loaded as-is.
+- CBAM hidden width and spatial padding use integer division (the reference could not be built).
+- No silent salience default (missing test salience is an error, not "foreground").
+- Centre crop uses integer division; unreadable audio is never zero-filled.
+"""
+from core.recipe import Recipe
+from core.registry import register
+
+
+@register(parent="resnet34_mr_salience_fusion_film_attention")
+def wideresnet(parent: Recipe) -> Recipe:
+    """WideResNet-50-2 + deep audio stem + CBAM(last) + ASP + salience concat."""
+    return parent.derive(
+        frontend=dict(n_ffts=(2048,), pcen=dict(denominator_eps=0.0)),
+        backbone=dict(arch="wide_resnet50_2", stem="deep", cbam="last"),
+        head=dict(temporal="none", pooling="asp", dropout=0.3),
+        fusion=dict(kind="concat", padding_row=False),
+        augment=dict(mixup_prob=1.0, time_mask=40),
+        training=dict(epochs=120, weight_decay=1e-3, schedule="cosine", warmup_epochs=0, grad_clip=0.0,
+                      select_metric="accuracy"),
+    )

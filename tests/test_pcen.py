@@ -1,0 +1,134 @@
+"""Vectorised trainable PCEN against the reference recursion written as a plain loop over frames."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.model.pcen import TrainablePCEN, pcen, pcen_loop, smooth, smoother_coefficient
+
+S_FLOAT32 = float(torch.tensor(320 / (32000 * 0.06)))  # the reference's float32 buffer value of 1/6
+
+
+def loop_smoother(energy: torch.Tensor, s: float) -> torch.Tensor:
+    """M[0] = E[0]; M[t] = (1 - s) M[t-1] + s E[t], one frame at a time."""
+    frames = [energy[..., 0]]
+    for t in range(1, energy.shape[-1]):
+        frames.append((1 - s) * frames[-1] + s * energy[..., t])
+    return torch.stack(frames, dim=-1)
+
+
+def mel_energy(batch: int = 3, n_mels: int = 64, n_fft: int = 1024, seconds: float = 4.0) -> torch.Tensor:
+    """Real magnitude mel spectrograms [batch, 1, n_mels, frames] of noise at gains 1e-3 .. 1."""
+    from torchaudio.transforms import MelSpectrogram
+
+    generator = torch.Generator().manual_seed(0)
+    gains = torch.logspace(-3, 0, batch)[:, None]
+    waveforms = torch.randn(batch, int(32000 * seconds), generator=generator) * gains
+    mel = MelSpectrogram(sample_rate=32000, n_fft=n_fft, hop_length=320, n_mels=n_mels, f_min=20, f_max=16000,
+                         power=1.0)
+    with torch.no_grad():
+        return mel(waveforms).unsqueeze(1)
+
+
+def scalars(alpha=0.98, delta=2.0, r=0.5, dtype=torch.float64):
+    return [torch.tensor(value, dtype=dtype, requires_grad=True) for value in (alpha, delta, r)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(frames=st.integers(1, 700), rows=st.integers(1, 5), s=st.sampled_from([S_FLOAT32, 0.01, 0.37, 1.0]),
+       block=st.sampled_from([1, 7, 16, 32]))
+def test_smoother_equals_the_loop_in_float64(frames, rows, s, block):
+    energy = torch.rand(rows, frames, dtype=torch.float64, generator=torch.Generator().manual_seed(frames)) * 10
+    torch.testing.assert_close(smooth(energy, s, block=block), loop_smoother(energy, s), rtol=0, atol=1e-10)
+
+
+def test_smoother_stays_finite_and_exact_on_long_clips_in_float32():
+    # A naive (1-s)^-t rescaling overflows float32 after ~500 frames at s = 1/6; the blocked scan must not.
+    energy = torch.rand(2, 20000, generator=torch.Generator().manual_seed(1)) + 0.5
+    smoothed = smooth(energy, S_FLOAT32)
+    assert torch.isfinite(smoothed).all()
+    expected = loop_smoother(energy.double(), S_FLOAT32)
+    assert (smoothed.double() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("denominator_eps", [0.0, 1e-6])
+def test_pcen_equals_the_loop_in_float64(denominator_eps):
+    energy = mel_energy().double()
+    ours = pcen(energy, S_FLOAT32, *scalars(), denominator_eps=denominator_eps, chunk_elements=5000)
+    reference = pcen_loop(energy, S_FLOAT32, *scalars(), denominator_eps=denominator_eps)
+    assert (ours - reference).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("denominator_eps", [0.0, 1e-6])
+@pytest.mark.parametrize("raw", [(0.98, 2.0, 0.5), (0.5, -0.7, 0.9), (1.2, 0.3, 1.5), (0.005, 3.0, 0.005)],
+                         ids=["init", "negative-delta", "clamped-high", "clamped-low"])
+def test_gradients_equal_autograd_through_the_loop(raw, denominator_eps):
+    energy = mel_energy(batch=2, n_mels=16).double()
+    upstream = torch.randn(energy.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ours, reference = scalars(*raw), scalars(*raw)
+    (pcen(energy, S_FLOAT32, *ours, denominator_eps=denominator_eps, chunk_elements=3000) * upstream).sum().backward()
+    (pcen_loop(energy, S_FLOAT32, *reference, denominator_eps=denominator_eps) * upstream).sum().backward()
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_hand_written_backward_passes_gradcheck():
+    energy = mel_energy(batch=1, n_mels=4, seconds=0.2).double()
+
+    def function(alpha, delta, r):
+        return pcen(energy, S_FLOAT32, alpha, delta, r, denominator_eps=1e-6)
+
+    assert torch.autograd.gradcheck(function, tuple(scalars(0.8, 1.5, 0.6)))
+
+
+@pytest.mark.parametrize("n_mels,n_fft", [(64, 1024), (128, 2048)])
+def test_float32_agrees_with_the_float64_loop_to_1e_5(n_mels, n_fft):
+    energy = mel_energy(batch=4, n_mels=n_mels, n_fft=n_fft)
+    ours = pcen(energy, S_FLOAT32, *scalars(dtype=torch.float32))
+    reference = pcen_loop(energy.double(), S_FLOAT32, *scalars())
+    assert ours.dtype == torch.float32
+    assert (ours.double() - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("denominator_eps", [0.0, 1e-6])
+def test_chunking_does_not_change_the_result_or_the_gradients(denominator_eps):
+    energy = mel_energy(batch=2, n_mels=32).double()
+    upstream = torch.randn(energy.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    whole_params = scalars()
+    whole = pcen(energy, S_FLOAT32, *whole_params, denominator_eps=denominator_eps, chunk_elements=1 << 30)
+    (whole * upstream).sum().backward()
+    for chunk_elements in (1, 500, 4096):
+        params = scalars()
+        chunked = pcen(energy, S_FLOAT32, *params, denominator_eps=denominator_eps, chunk_elements=chunk_elements)
+        (chunked * upstream).sum().backward()
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
+        for mine, theirs in zip(params, whole_params):
+            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_silence_gives_zero_output_and_finite_gradients():
+    module = TrainablePCEN(S_FLOAT32)
+    output = module(torch.zeros(2, 1, 8, 50))
+    output.sum().backward()
+    assert torch.equal(output, torch.zeros_like(output))  # E = 0: (0 + delta)^r - delta^r
+    assert all(torch.isfinite(p.grad) for p in (module.alpha, module.delta, module.r))
+
+
+def test_module_has_three_trainable_scalars_and_a_fixed_smoother():
+    module = TrainablePCEN(smoother_coefficient(320, 32000, 0.06))
+    assert sorted(name for name, _ in module.named_parameters()) == ["alpha", "delta", "r"]
+    assert [name for name, _ in module.named_buffers()] == ["s"]
+    assert module.s.item() == pytest.approx(1 / 6)
+    energy = mel_energy(batch=1, n_mels=8, seconds=0.5)
+    module(energy).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs() > 0 for p in module.parameters())
+
+
+def test_energy_with_gradient_is_refused():
+    with pytest.raises(ValueError, match="no_grad"):
+        pcen(torch.rand(1, 4, 10, requires_grad=True), S_FLOAT32, *scalars(dtype=torch.float32))
+
+
+def test_invalid_smoother_coefficient_is_refused():
+    with pytest.raises(ValueError, match="hop, sample rate and T"):
+        TrainablePCEN(0.0)
