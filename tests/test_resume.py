@@ -35,10 +35,10 @@ def test_killed_then_resumed_equals_uninterrupted(tiny_data, tmp_path, isolated_
     resumed = tmp_path / "resumed"
     process = subprocess.Popen(train_command(tiny_data, resumed, epochs), cwd=tmp_path, env=subprocess_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = resumed / "history_fold1.csv"
+    resume_state = resumed / "last_fold1.pt"  # written (atomically) after each finished epoch
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if history.exists() and len(pd.read_csv(history)) >= 1:
+        if resume_state.exists():
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be interrupted"

@@ -28,16 +28,24 @@ def predict(
     """Predict the test split with every fold model in one pass over the audio; write CSVs and a submission."""
     from rich.console import Console
 
+    from core.atomic import check_writable
     from core.data.metadata import load_source
+    from core.errors import UserError
+    from core.train import distributed
     from core.train.fold import Runtime
     from core.train.options import TrainOptions
     from core.train.predict import load_fold_models, predict_folds, write_predictions
     from core.train.progress import TrainProgress
 
+    if distributed.launched_by_torchrun():
+        raise UserError("predict runs in one process (it already reads the audio once for every fold model); "
+                        "start it with python -m core predict, not torchrun")
     solution_dir = solutions / solution
     name = Path(data).resolve().name
     out = out or solution_dir / f"predict-{name}"
     submission = submission or Path("submissions") / f"{solution}-{name}.csv"
+    check_writable(out)  # fail now, not after predicting every clip
+    check_writable(submission.parent)
     options = TrainOptions(out=out, device=device, precision=precision, workers=workers, progress=progress,
                            test_salience=test_salience, skip_bad_audio=skip_bad_audio, write_outputs=False)
     models = load_fold_models(solution_dir, solution, Runtime.from_options(options))

@@ -42,43 +42,52 @@ def train(
     skip_bad_audio: bool = typer.Option(False, help="Drop unreadable/empty/non-finite clips (listed in skipped_audio.csv) instead of stopping."),
     test_salience: Optional[int] = typer.Option(None, help="Salience (1|2) to assume for a test split without a salience column."),
     max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only the first N clips of each train fold (quick runs)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
+    device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Train SOLUTION over its folds; rerun the same command to resume."""
+    """Train SOLUTION over its folds; rerun the same command to resume.
+
+    Under torchrun (`torchrun --nproc_per_node=N -m core train SOLUTION ...`) the N processes train each
+    fold together with DistributedDataParallel; see docs/gpu.md.
+    """
     from rich.console import Console
 
     from core import registry
     from core.data.metadata import load_source
+    from core.train import distributed
     from core.train.demo import apply_demo_profile, ensure_demo_data
     from core.train.options import TrainOptions
     from core.train.report import print_summary
 
-    console = Console(stderr=True)
-    recipe = registry.get(solution)
-    if params is not None:
-        from core.params import apply_params, load_params
+    with distributed.process_group(device):
+        console = Console(stderr=True, quiet=not distributed.current().is_main)  # under torchrun: rank 0 speaks
+        recipe = registry.get(solution)
+        if params is not None:
+            from core.params import apply_params, load_params
 
-        recipe = apply_params(recipe, load_params(params))
-    changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
-    if changes:
-        recipe = recipe.derive(training=changes)
-    options = TrainOptions(
-        out=out or Path("solutions") / solution, folds=parse_folds(folds), epochs=epochs, device=device,
-        precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio,
-        progress=progress, max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
-    )
-    if data is None:
-        explicit = {name for name, value in (("folds", folds), ("epochs", epochs), ("batch_size", batch_size),
-                                             ("max_clips_per_fold", max_clips_per_fold)) if value is not None}
-        if precision != "auto":
-            explicit.add("precision")
-        recipe, options, demo_changes = apply_demo_profile(recipe, options, explicit)
-        console.print("[bold]No --data given: training on the synthetic demo set[/] (data/demo). "
-                      "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
-        data = ensure_demo_data()
-    source = load_source(data)
-    from core.train.solution import train_solution
+            recipe = apply_params(recipe, load_params(params), origin=f"params file {params}")
+        changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
+        if changes:
+            recipe = recipe.derive(training=changes)
+        options = TrainOptions(
+            out=out or Path("solutions") / solution, folds=parse_folds(folds), epochs=epochs, device=device,
+            precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
+            max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
+            device_cache=device_cache, channels_last=channels_last,
+        )
+        if data is None:
+            explicit = {name for name, value in (("folds", folds), ("epochs", epochs), ("batch_size", batch_size),
+                                                 ("max_clips_per_fold", max_clips_per_fold)) if value is not None}
+            if precision != "auto":
+                explicit.add("precision")
+            recipe, options, demo_changes = apply_demo_profile(recipe, options, explicit)
+            console.print("[bold]No --data given: training on the synthetic demo set[/] (data/demo). "
+                          "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
+            data = ensure_demo_data()
+        source = load_source(data)
+        from core.train.solution import train_solution
 
-    summary = train_solution(recipe, source, options)
-    print_summary(summary, console)
+        summary = train_solution(recipe, source, options)
+        print_summary(summary, console)

@@ -1,4 +1,10 @@
-"""From a validated DataSource to batches: cached waveforms, fold splits, waveform augmentation."""
+"""From a validated DataSource to batches: cached waveforms, fold splits, waveform augmentation.
+
+Two ways to batch a split, with the same clips in the same batches for the same seed:
+- `make_loader`: a DataLoader over the float16 memmap (workers, waveform augmentation, pinned memory);
+- `ResidentBatches` (--device-cache): the split held on the device as one tensor, batches gathered
+  by index there, in the order of an identically seeded DataLoader over row positions.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +20,12 @@ from core.data.cache import load_waveforms
 from core.data.metadata import DataSource
 from core.errors import UserError
 from core.recipe import Augment, Recipe
+from core.train import distributed
+from core.train.distributed import Replicas
 from core.train.options import TrainOptions
+
+DEVICE_CACHE_SHARE = 0.5   # the resident split may fill at most half of the free device memory
+RESIDENT_CHUNK_ROWS = 256  # rows copied to the device at a time: no full-size host copy of the memmap
 
 
 @dataclass
@@ -50,25 +61,31 @@ class PreparedData:
 
 def prepare_data(recipe: Recipe, source: DataSource, options: TrainOptions) -> PreparedData:
     """Cache (or reuse) the audio of both splits at the recipe's rate and length."""
-    train_table = _limit_train(source.train, options.max_clips_per_fold)
-    test_table = source.test if options.max_test_clips is None else source.test.head(options.max_test_clips)
-    test_table = _test_salience(recipe, test_table, options)
-    frontend = recipe.frontend
-    bad: dict[str, str] = {}
-    splits = []
-    for table in (train_table, test_table):
-        cache = load_waveforms(list(table["path"]), frontend.sample_rate, frontend.num_samples,
-                               cache_dir=options.cache_dir, skip_bad=options.skip_bad_audio,
-                               progress=options.progress)
-        keep = ~table["path"].isin(cache.bad.keys()).to_numpy()
-        bad.update(cache.bad)
-        rows = np.flatnonzero(keep)
-        waveforms = cache.waveforms if keep.all() else cache.waveforms[rows]
-        splits.append(Split(table.iloc[rows].reset_index(drop=True), waveforms))
-    if bad and options.write_outputs:
+    train, train_bad = prepare_split(_limit_train(source.train, options.max_clips_per_fold), recipe, options)
+    test, test_bad = prepare_test(recipe, source, options)
+    bad = {**train_bad, **test_bad}
+    if bad and options.write_outputs and distributed.current().is_main:
         report = pd.DataFrame(sorted(bad.items()), columns=["path", "reason"])
         write_csv(report, Path(options.out) / "skipped_audio.csv")
-    return PreparedData(source, splits[0], splits[1], bad)
+    return PreparedData(source, train, test, bad)
+
+
+def prepare_test(recipe: Recipe, source: DataSource, options: TrainOptions) -> tuple[Split, dict[str, str]]:
+    """The test split (salience checked for models that need it) with its cached audio."""
+    table = source.test if options.max_test_clips is None else source.test.head(options.max_test_clips)
+    return prepare_split(_test_salience(recipe, table, options), recipe, options)
+
+
+def prepare_split(table: pd.DataFrame, recipe: Recipe, options: TrainOptions) -> tuple[Split, dict[str, str]]:
+    """Load the rows' waveforms through the cache; rows of skipped bad files are dropped."""
+    frontend = recipe.frontend
+    cache = load_waveforms(list(table["path"]), frontend.sample_rate, frontend.num_samples,
+                           cache_dir=options.cache_dir, skip_bad=options.skip_bad_audio,
+                           progress=options.progress)
+    keep = ~table["path"].isin(cache.bad.keys()).to_numpy()
+    rows = np.flatnonzero(keep)
+    waveforms = cache.waveforms if keep.all() else cache.waveforms[rows]
+    return Split(table.iloc[rows].reset_index(drop=True), waveforms), dict(cache.bad)
 
 
 def _limit_train(train: pd.DataFrame, per_fold: int | None) -> pd.DataFrame:
@@ -133,13 +150,28 @@ def build_waveform_augmentation(augment: Augment):
     ], p=augment.wave_prob)
 
 
-def make_loader(dataset: WaveformDataset, batch_size: int, *, shuffle: bool, drop_last: bool,
-                workers: int, seed: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader whose order and worker RNG depend only on `seed` (resumable, reproducible)."""
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool,
+                workers: int, seed: int, pin_memory: bool, replicas: Replicas | None = None) -> DataLoader:
+    """A DataLoader whose order and worker RNG depend only on `seed` (resumable, reproducible).
+
+    With `replicas` of more than one process, a DistributedSampler shards the (padded) epoch: every
+    rank shuffles with the same seed and takes every world_size-th clip, so all ranks run the same
+    number of batches; worker RNGs differ per rank so waveform augmentation does not repeat.
+    """
     generator = torch.Generator()
-    generator.manual_seed(seed)
-    drop_last = drop_last and len(dataset) > batch_size  # tiny sets still yield a batch
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+    if replicas is None or not replicas.enabled:
+        generator.manual_seed(seed)
+        drop_last = drop_last and len(dataset) > batch_size  # tiny sets still yield a batch
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=workers, pin_memory=pin_memory, generator=generator,
+                          worker_init_fn=_seed_worker, persistent_workers=False)
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(dataset, num_replicas=replicas.world_size, rank=replicas.rank, shuffle=shuffle,
+                                 seed=seed, drop_last=False)
+    generator.manual_seed(seed * replicas.world_size + replicas.rank)
+    drop_last = drop_last and sampler.num_samples > batch_size
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=workers, pin_memory=pin_memory, generator=generator,
                       worker_init_fn=_seed_worker, persistent_workers=False)
 
@@ -151,3 +183,109 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
+
+
+# ------------------------------------------------------------------------------ the device cache
+
+@dataclass
+class ResidentSplit:
+    """A split held on one device (--device-cache): waveforms as stored in the cache, labels and salience."""
+
+    waveforms: torch.Tensor  # float16 [N, num_samples], row i = row i of the split
+    labels: torch.Tensor     # int64 [N], -1 where unknown
+    salience: torch.Tensor   # int64 [N]
+
+    @property
+    def device(self) -> torch.device:
+        return self.waveforms.device
+
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(float32 waveforms, labels, salience) of `rows` (an int64 tensor on the device)."""
+        return self.waveforms[rows].float(), self.labels[rows], self.salience[rows]
+
+
+def make_resident(split: Split, device: torch.device) -> ResidentSplit:
+    """Copy a split's cached waveforms to `device` once, chunk by chunk; refuse clearly if they do not fit."""
+    check_device_cache_fits(split.waveforms.nbytes, device)
+    waveforms = torch.empty(split.waveforms.shape, dtype=_torch_dtype(split.waveforms.dtype), device=device)
+    for start in range(0, len(waveforms), RESIDENT_CHUNK_ROWS):
+        chunk = torch.from_numpy(np.array(split.waveforms[start:start + RESIDENT_CHUNK_ROWS]))  # a writable copy
+        waveforms[start:start + len(chunk)].copy_(chunk)
+    labels = split.table["classID"].fillna(-1).to_numpy(dtype=np.int64)  # as WaveformDataset reads them
+    return ResidentSplit(waveforms, torch.tensor(labels, device=device), torch.tensor(split.salience(), device=device))
+
+
+def check_device_cache_fits(nbytes: int, device: torch.device) -> None:
+    """Raise a UserError unless `nbytes` is at most DEVICE_CACHE_SHARE of the device's free memory.
+
+    CPU memory is known on Linux only; elsewhere the copy is attempted without this check.
+    """
+    free = _free_memory(device)
+    if free is None or nbytes <= DEVICE_CACHE_SHARE * free:
+        return
+    raise UserError(f"--device-cache needs {nbytes / 2 ** 30:.2f} GiB on {device} for the training waveforms, but "
+                    f"only {free / 2 ** 30:.2f} GiB are free there (at most {DEVICE_CACHE_SHARE:.0%} may be used, "
+                    "the rest is for training). Drop --device-cache (the DataLoader path gives the same "
+                    "results), or use a device with more memory.")
+
+
+def check_device_cache_allowed(augment: Augment) -> None:
+    """The device cache skips the CPU workers, so it cannot apply the waveform augmentation (audiomentations)."""
+    if build_waveform_augmentation(augment) is not None:
+        raise UserError(f"--device-cache cannot be used with this recipe: its waveform noise/gain augmentation "
+                        f"(wave_prob={augment.wave_prob:g}) runs in the DataLoader workers on the CPU. Drop "
+                        "--device-cache for this solution.")
+
+
+class ResidentBatches:
+    """Batches of `rows` gathered on the device from a ResidentSplit.
+
+    The order comes from `make_loader` over row positions with the same arguments as the waveform
+    DataLoader (same sampler, generator and seed), so both yield the same clips in the same batches.
+    """
+
+    def __init__(self, resident: ResidentSplit, rows: np.ndarray, batch_size: int, *, shuffle: bool,
+                 drop_last: bool, seed: int, replicas: Replicas | None = None) -> None:
+        self.resident = resident
+        self.rows = torch.as_tensor(np.asarray(rows), dtype=torch.int64).to(resident.device)
+        self.positions = make_loader(_Positions(len(rows)), batch_size, shuffle=shuffle, drop_last=drop_last,
+                                     workers=0, seed=seed, pin_memory=False, replicas=replicas)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __iter__(self):
+        for positions in self.positions:
+            yield self.resident.gather(self.rows[positions.to(self.resident.device, non_blocking=True)])
+
+
+class _Positions(Dataset):
+    """0..n-1 as a dataset: a DataLoader over it yields the row positions of each batch."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, item: int) -> int:
+        return item
+
+
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (CUDA: the driver's count; CPU: MemAvailable on Linux; None if unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

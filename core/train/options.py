@@ -22,6 +22,7 @@ class TrainOptions:
     max_test_clips: int | None = None
     cache_dir: Path | None = None
     channels_last: bool | None = None       # None: on CUDA only
-    compile: bool = False                   # torch.compile the model
-    device_cache: bool = False              # keep the training waveforms on the device (GPU) when they fit
+    compile: bool = False                   # torch.compile the backbone (in place: checkpoints unchanged)
+    compile_backend: str = "inductor"       # torch.compile backend ("aot_eager" checks the wiring without a C++ build)
+    device_cache: bool = False              # the training split's waveforms as one device tensor
     test_salience: int | None = None        # salience to assume for a test split without that column

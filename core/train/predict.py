@@ -16,6 +16,7 @@ from core.train import checkpoint
 from core.train.data import WaveformDataset, make_loader, prepare_test
 from core.train.fold import Runtime, build_for_training
 from core.train.options import TrainOptions
+from core.train.precision import autocast, configure_backends
 from core.train.progress import TrainProgress
 from core.train.solution import with_probabilities
 
@@ -50,13 +51,12 @@ def predict_folds(models: list[FoldModel], source: DataSource, options: TrainOpt
                   progress: TrainProgress) -> tuple[dict[int, np.ndarray], pd.DataFrame]:
     """Softmax probabilities of every fold model and the test table; each audio batch is read once for all models."""
     runtime = Runtime.from_options(options)
+    configure_backends(runtime.device)
     recipe = models[0].recipe
     test, _ = prepare_test(recipe, source, options)
     dataset = WaveformDataset(test, np.arange(len(test.table)))
     loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=options.workers,
                          seed=0, pin_memory=runtime.device.type == "cuda")
-    from core.train.precision import autocast
-
     chunks: dict[int, list[np.ndarray]] = {m.fold: [] for m in models}
     progress.start("batches", len(loader), "predict")
     for waveforms, _, salience in loader:
