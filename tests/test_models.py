@@ -81,6 +81,54 @@ def test_every_documented_solution_is_registered_in_lineage_order():
         "resnet34_pcen_salience_fusion_attention"
 
 
+# Settings copied by hand from each spec's CONFIG / Training sections:
+# epochs, batch, lr, weight decay, rho, schedule, warm-up epochs, label smoothing, grad clip, drop_last,
+# checkpoint metric, mixup alpha, mixup prob, freq mask, time mask, head dropout, FFT sizes, mels,
+# PCEN denominator eps, waveform-augmentation probability.
+WRN_SETTINGS = (120, 128, 1e-3, 1e-3, 0.05, "cosine", 0, 0.1, 0.0, True, "accuracy", 1.0, 1.0, 20, 40, 0.3,
+                (2048,), 128, 0.0, 0.0)
+SPEC_SETTINGS = {
+    "resnet34_pcen_sam_8fold": (100, 128, 1e-3, 1e-2, 0.05, "cosine", 0, 0.0, 0.0, False, "accuracy", 1.0, 1.0,
+                                20, 40, 0.0, (1024,), 64, 0.0, 0.0),
+    "resnet34_pcen_sam_8f_200e": (200, 256, 0.0012817574949798138, 0.00026743110625072756, 0.0724398361671321,
+                                  "warmup_cosine", 2, 0.1, 0.0, False, "composite", 1.8855049141520537, 1.0, 18, 84,
+                                  0.0, (2048,), 128, 0.0, 0.0),
+    "resnet34_attention": (150, 128, 1e-3, 1e-4, 0.05, "warm_restarts", 0, 0.1, 0.0, True, "composite", 1.0, 1.0,
+                           19, 80, 0.3, (2048,), 128, 0.0, 0.0),
+    "resnet34_pcen_salience_fusion_attention": (120, 128, 1e-3, 1e-3, 0.05, "cosine", 0, 0.1, 0.0, True, "accuracy",
+                                                1.0, 1.0, 20, 40, 0.3, (2048,), 128, 0.0, 0.0),
+    "resnet34_salience_fusion_film_attention": (160, 256, 1e-3, 1e-2, 0.05, "onecycle_per_epoch", 0, 0.1, 2.0, True,
+                                                "accuracy", 2.0, 1.0, 20, 40, 0.4, (2048,), 128, 1e-6, 0.6),
+    "resnet34_mr_salience_fusion_film_attention": (160, 128, 1e-3, 1e-4, 0.05, "warmup_cosine_per_step", 5, 0.1, 2.0,
+                                                   True, "composite", 1.0, 0.9, 20, 80, 0.4, (2048, 1024), 128,
+                                                   1e-6, 0.0),
+    "wideresnet": WRN_SETTINGS,
+    "res2net50": WRN_SETTINGS,
+}
+
+
+@pytest.mark.parametrize("name", LINEAGE)
+def test_training_and_augmentation_settings_match_the_spec(name):
+    recipe = registry.get(name)
+    training, augment = recipe.training, recipe.augment
+    actual = (training.epochs, training.batch_size, training.lr, training.weight_decay, training.rho,
+              training.schedule, training.warmup_epochs, training.label_smoothing, training.grad_clip,
+              training.drop_last, training.select_metric, augment.mixup_alpha, augment.mixup_prob,
+              augment.freq_mask, augment.time_mask, recipe.head.dropout, recipe.frontend.n_ffts,
+              recipe.frontend.n_mels, recipe.frontend.pcen.denominator_eps, augment.wave_prob)
+    assert actual == SPEC_SETTINGS[name]
+    assert (recipe.frontend.hop_length, recipe.frontend.sample_rate, recipe.frontend.num_samples) == (320, 32000, CLIP)
+
+
+def test_schedule_details_and_waveform_amplitudes_match_the_spec():
+    attention = registry.get("resnet34_attention").training
+    assert (attention.restart_period, attention.restart_mult, attention.eta_min) == (10, 2, 1e-6)
+    film = registry.get("resnet34_salience_fusion_film_attention")
+    assert (film.training.pct_start, film.augment.noise_max, film.augment.gain_min, film.augment.gain_max) == \
+        (0.1, 0.02, 0.8, 1.2)
+    assert registry.get("resnet34_pcen_sam_8fold").training.eta_min == 1e-6
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
 def test_parameter_count_equals_the_reference(name):
     assert count_parameters(registry.get(name)) == REFERENCE_PARAMS[name]
@@ -114,12 +162,18 @@ def test_attentive_stats_pooling_is_a_weighted_mean_and_std_over_time():
     torch.testing.assert_close(pooling(sequence), torch.cat([mean, std], dim=1), rtol=1e-5, atol=1e-5)
 
 
-def test_temporal_pooling_uses_one_weight_per_frame():
+def test_temporal_pooling_uses_one_weight_per_frame_shared_by_all_channels():
+    torch.manual_seed(0)
     pooling = TemporalAttentiveStatsPooling(4, 3)
-    constant_in_time = torch.randn(2, 4, 1).expand(2, 4, 7)
-    pooled = pooling(constant_in_time)
-    torch.testing.assert_close(pooled[:, :4], constant_in_time[:, :, 0])     # mean of a constant
-    torch.testing.assert_close(pooled[:, 4:], torch.full((2, 4), 1e-3))       # sqrt(0 + 1e-6)
+    sequence = torch.randn(2, 4, 7)
+    first, _, second = pooling.attn
+    scores = torch.stack([second(torch.tanh(first(sequence[:, :, t]))) for t in range(7)], dim=-1)  # [B, 1, T]
+    weights = torch.softmax(scores, dim=-1)
+    mean = (sequence * weights).sum(-1)
+    std = torch.sqrt((weights * (sequence - mean[..., None]) ** 2).sum(-1) + 1e-6)
+    torch.testing.assert_close(pooling(sequence), torch.cat([mean, std], dim=1))
+    constant_in_time = sequence[:, :, :1].expand(2, 4, 7)
+    torch.testing.assert_close(pooling(constant_in_time)[:, 4:], torch.full((2, 4), 1e-3))  # sqrt(0 + 1e-6)
 
 
 def test_film_starts_as_the_identity_and_modulates_channels():

@@ -9,8 +9,8 @@ Speed (no Python loop over frames):
 - the smoother is a two-level blocked linear scan written as two small matrix products; only
   non-negative powers of (1 - s) appear, so nothing overflows whatever the clip length;
 - the rest is one autograd Function whose backward reduces straight to the three scalar
-  gradients; rows are processed in cache-sized chunks through reused buffers, and the backward
-  recomputes a chunk's intermediates from E instead of keeping full-size tensors alive.
+  gradients (four dot products); the forward runs rows in cache-sized chunks through reused
+  buffers and keeps one tensor for the backward besides its output.
 E comes from a no-grad mel spectrogram, so neither E nor M carries a gradient.
 """
 from __future__ import annotations
@@ -103,8 +103,8 @@ def smooth(energy: Tensor, s: Tensor | float, block: int = SCAN_BLOCK) -> Tensor
 class _Workspace:
     """Reused chunk buffers [chunk_rows, padded_length], created with zero padding columns.
 
-    `energy` and `grad` keep their padding at 0 (only their first T columns are ever written), so
-    padded frames stay finite and contribute nothing; the scan is causal, so real frames never see them.
+    Only the first T columns of `energy` are ever written, so its padding stays 0 and finite (a NaN
+    there would leak through the block product); the scan is causal, so real frames never see it.
     """
 
     def __init__(self, like: Tensor, chunk_rows: int, padded_length: int, names: tuple[str, ...]) -> None:
@@ -141,7 +141,12 @@ def _shifted_ratio(flat: Tensor, work: _Workspace, count: int, matrices: tuple[T
 
 
 class _PCEN(torch.autograd.Function):
-    """PCEN of a constant energy with gradients for the constrained scalars alpha, delta, r only."""
+    """PCEN of a constant energy with gradients for the constrained scalars alpha, delta, r only.
+
+    The backward needs, per element, only u^r = y + delta^r (from the output y), ln u and
+    q = ln(eps + M) P / (P + deps); the forward keeps q ([rows, T], like the output), so the backward
+    is a few contiguous passes and four dot products, with no second scan.
+    """
 
     @staticmethod
     def forward(ctx, energy: Tensor, s: Tensor, alpha: Tensor, delta: Tensor, r: Tensor, eps: float,
@@ -149,43 +154,47 @@ class _PCEN(torch.autograd.Function):
         frames = energy.shape[-1]
         flat = energy.reshape(-1, frames)
         rows, padded_length = flat.shape[0], _padded_length(frames, block)
+        if energy.device.type != "cpu":
+            chunk_elements = rows * padded_length  # chunks only help CPU caches; on GPUs they add launches
         chunk_rows = max(1, min(rows, chunk_elements // padded_length))
         matrices = _scan_matrices(s, block, padded_length // block, energy.dtype)
         work = _Workspace(flat, chunk_rows, padded_length, ("energy", "smoothed", "spare"))
         output = flat.new_empty(rows, frames)
+        log_terms = flat.new_empty(rows, frames) if any(ctx.needs_input_grad) else None
         offset = delta ** r
         for part, count in _chunks(rows, chunk_rows):
-            shifted, free = _shifted_ratio(flat[part], work, count, matrices, alpha, delta, eps, denominator_eps)
-            powered = torch.log(shifted, out=free).mul_(r).exp_()                  # q is not needed here
+            shifted, q = _shifted_ratio(flat[part], work, count, matrices, alpha, delta, eps, denominator_eps)
+            if log_terms is not None:
+                log_terms[part] = q[:, :frames]
+            powered = torch.log(shifted, out=q).mul_(r).exp_()                      # u^r
             torch.sub(powered[:, :frames], offset, out=output[part])
-        ctx.save_for_backward(energy, s, alpha, delta, r)
-        ctx.settings = (eps, denominator_eps, block, chunk_rows)
-        return output.view(energy.shape)
+        result = output.view(energy.shape)
+        ctx.save_for_backward(result, log_terms, delta, r)
+        ctx.chunk_rows = chunk_rows
+        return result
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        # With x = u - delta and d x / d alpha = -x q, every term is a product of g u^r, g u^(r-1), ln u and q.
-        energy, s, alpha, delta, r = ctx.saved_tensors
-        eps, denominator_eps, block, chunk_rows = ctx.settings
-        frames = energy.shape[-1]
-        flat, grad = energy.reshape(-1, frames), grad_output.reshape(-1, frames)
-        padded_length = _padded_length(frames, block)
-        matrices = _scan_matrices(s, block, padded_length // block, energy.dtype)
-        work = _Workspace(flat, chunk_rows, padded_length, ("energy", "smoothed", "spare", "grad", "power", "logs"))
+        # With x = u - delta and d x / d alpha = -x q, the gradients need four sums over elements:
+        # g u^r ln u, g u^r q, g u^(r-1) and g u^(r-1) q (x u^(r-1) = u^r - delta u^(r-1)).
+        result, log_terms, delta, r = ctx.saved_tensors
+        rows, frames = log_terms.shape
+        output, grad = result.reshape(rows, frames), grad_output.reshape(rows, frames)
+        chunk_rows = ctx.chunk_rows
+        powered_buffer, weighted_buffer = output.new_empty(chunk_rows, frames), output.new_empty(chunk_rows, frames)
+        offset = delta ** r
         partial_sums = []
-        for part, count in _chunks(flat.shape[0], chunk_rows):
-            shifted, q = _shifted_ratio(flat[part], work, count, matrices, alpha, delta, eps, denominator_eps)
-            weighted = work.grad[:count]                                           # padding columns stay 0
-            log_shifted = torch.log(shifted, out=work.logs[:count])
-            power = torch.mul(log_shifted, r, out=work.power[:count]).exp_()
-            torch.mul(grad[part], power[:, :frames], out=weighted[:, :frames])     # g u^r
-            weighted, log_shifted, shifted, q = (x.view(-1) for x in (weighted, log_shifted, shifted, q))
-            upper = (torch.dot(weighted, log_shifted), torch.dot(weighted, q))
-            weighted.div_(shifted)                                                 # g u^(r-1)
+        for part, count in _chunks(rows, chunk_rows):
+            powered = torch.add(output[part], offset, out=powered_buffer[:count]).view(-1)       # u^r
+            weighted = torch.mul(grad[part], powered_buffer[:count], out=weighted_buffer[:count]).view(-1)
+            q = log_terms[part].view(-1)
+            log_powered = powered.log_()                                                          # r ln u
+            upper = (torch.dot(weighted, log_powered), torch.dot(weighted, q))
+            weighted.mul_(log_powered.mul_(-1.0 / r).exp_())                                      # g u^(r-1)
             partial_sums.append(torch.stack([*upper, weighted.sum(), torch.dot(weighted, q)]))
-        sum_log, sum_q_upper, sum_lower, sum_q_lower = torch.stack(partial_sums).sum(dim=0)
+        sum_log_r, sum_q_upper, sum_lower, sum_q_lower = torch.stack(partial_sums).sum(dim=0)
         grad_total = grad.sum()
-        grad_r = sum_log - grad_total * delta ** r * torch.log(delta)
+        grad_r = sum_log_r / r - grad_total * offset * torch.log(delta)
         grad_delta = r * (sum_lower - grad_total * delta ** (r - 1))
         grad_alpha = -r * (sum_q_upper - delta * sum_q_lower)
         return None, None, grad_alpha, grad_delta, grad_r, None, None, None, None
