@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import tempfile
@@ -9,6 +11,20 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 import pandas as pd
+
+from core.errors import UserError
+
+TEMP_SUFFIX = ".tmp"  # every temp file is hidden (".<name>.<random>.tmp"): no glob of final names matches it
+# Failures of the disk or folder rather than of the program: reported as a UserError naming the file.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
+class OutputWriteError(UserError, OSError):
+    """An output file could not be written (disk full, read-only, no permission); still an OSError."""
+
+
+class UnwritableFolder(UserError, PermissionError):
+    """An output folder cannot be created or written; raised before any work starts."""
 
 
 @contextlib.contextmanager
@@ -18,8 +34,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
     On any exception the temp file is removed and `path` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as error:
+        _raise_storage_error(error, path)
+        raise
     os.close(fd)
     try:
         with open(tmp_name, mode, **kwargs) as handle:
@@ -28,10 +48,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(error, OSError) and not isinstance(error, UserError):
+            _raise_storage_error(error, path)
         raise
+
+
+def _raise_storage_error(error: OSError, path: Path) -> None:
+    """Raise a disk/permission failure as an OutputWriteError naming `path`; return for any other OSError."""
+    if error.errno not in STORAGE_ERRNOS:
+        return
+    wrapped = OutputWriteError(
+        f"cannot write {path}: {error.strerror or error} (errno {errno.errorcode.get(error.errno, error.errno)}). "
+        f"Nothing partial was left and an earlier {path.name}, if any, is unchanged. Free disk space or fix "
+        "the folder's permissions (or choose another output folder), then rerun the same command.")
+    wrapped.errno = error.errno  # only errno: with strerror/filename set, OSError would print its own text
+    raise wrapped from error
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -70,8 +104,11 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save atomically (a checkpoint is either the old one or the complete new one)."""
     import torch
 
+    # Serialise in memory first: torch reports a failed file write (disk full) as an opaque RuntimeError.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+        handle.write(buffer.getbuffer())
     return Path(path)
 
 
@@ -87,10 +124,17 @@ def check_writable(directory: str | os.PathLike) -> None:
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
-            pass
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe-", suffix=TEMP_SUFFIX)
+        try:
+            os.write(fd, b"probe")  # creating a file can succeed on a full disk; writing data cannot
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):  # the folder's owner may clean temp files
+                os.unlink(probe)
     except OSError as error:
-        raise PermissionError(
-            f"cannot write to output folder {directory}: {error.strerror or error}. "
-            "Choose another folder with --out or fix its permissions."
+        raise UnwritableFolder(
+            f"cannot write to output folder {directory}: {error.strerror or error}. Nothing was started; "
+            "choose another folder (e.g. --out), fix its permissions or free disk space."
         ) from error
+

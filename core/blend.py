@@ -33,6 +33,9 @@ METHODS = ("mean", "geomean", "rank")
 LOG_EPS = 1e-12
 FOLD_FILE = re.compile(r"best_model_fold(\d+)\.csv")
 RECIPE_KEYS = ("name", "description", "method", "members", "solutions")
+# Weights are relative; outside this range a weighted sum can overflow or underflow and silently
+# turn every blended row into zeros (all predictions class 0).
+WEIGHT_RANGE = (1e-6, 1e6)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,10 @@ def _parse_solution_table(table: Any, problems: list[str]) -> list[Member]:
 def _weight(value: Any, where: str, problems: list[str]) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
         problems.append(f"{where}: weight {value!r} must be a positive number")
+        return 1.0
+    if not WEIGHT_RANGE[0] <= value <= WEIGHT_RANGE[1]:
+        problems.append(f"{where}: weight {value!r} must be between {WEIGHT_RANGE[0]:g} and {WEIGHT_RANGE[1]:g} "
+                        "(weights are relative: use numbers like 1, 2, 3)")
         return 1.0
     return float(value)
 

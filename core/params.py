@@ -84,6 +84,8 @@ def value_problems(name: str, value: Any) -> list[str]:
         return [f"{name}: expected a number, got {value!r}"]
     if name in INT_NAMES and not isinstance(value, int):
         return [f"{name}: expected an integer, got {value!r}"]
+    if isinstance(value, int) and not -2 ** 63 <= value < 2 ** 63:  # JSON/TOML ints are unbounded; torch's are not
+        return [f"{name}: {value} does not fit a 64-bit integer"]
     if not math.isfinite(value):
         return [f"{name}: expected a finite number, got {value!r}"]
     rule, meaning = VALUE_RULES[name]
@@ -165,7 +167,27 @@ def apply_params(recipe: Recipe, params: dict[str, Any], *, origin: str = "param
         training["rho"] = float(params["sam_rho"])
     if "dropout_rate" in params:
         head["dropout"] = float(params["dropout_rate"])
-    return recipe.derive(frontend=frontend, augment=augment, training=training, head=head)
+    applied = recipe.derive(frontend=frontend, augment=augment, training=training, head=head)
+    problems = spectrogram_problems(applied)
+    if problems:
+        raise UserError(format_problems(f"{origin} cannot be applied to {recipe.name or 'the recipe'}:", problems))
+    return applied
+
+
+def spectrogram_problems(recipe: Recipe) -> list[str]:
+    """Frontend sizes this recipe's clips cannot take (found now, not as a crash hours into training)."""
+    frontend = recipe.frontend
+    samples = frontend.num_samples
+    problems = []
+    for n_fft in frontend.n_ffts:
+        if n_fft > samples:
+            problems.append(f"n_fft: {n_fft} is longer than a clip ({samples} samples)")
+        elif frontend.n_mels > n_fft // 2 + 1:
+            problems.append(f"n_mels: {frontend.n_mels} mel bands exceed the {n_fft // 2 + 1} frequency bins of "
+                            f"n_fft {n_fft} (bands would be empty)")
+    if frontend.hop_length > samples:
+        problems.append(f"hop_length: {frontend.hop_length} is longer than a clip ({samples} samples)")
+    return problems
 
 
 def load_params(path: str | os.PathLike) -> dict[str, Any]:
@@ -174,7 +196,11 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     _check_suffix(path)
     if not path.is_file():
         raise UserError(f"params file {path} does not exist; write one with `tune SOLUTION --export {path}`")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"params file {path} is not UTF-8 text ({error.reason} at byte {error.start}); "
+                        "save it as UTF-8") from error
     try:
         data = _parse(text, path.suffix.lower())
     except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
@@ -182,6 +208,9 @@ def load_params(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"params file {path} must hold a mapping of parameter names to values, "
                         f"got {type(data).__name__}")
+    if not data:  # an empty export would still switch the schedule to the search context: say so instead
+        raise UserError(f"params file {path} holds no parameters; give some of {', '.join(SEARCHED_NAMES)} "
+                        "(e.g. from `tune SOLUTION --export FILE`)")
     problems = params_problems(data)
     if problems:
         raise UserError(format_problems(f"params file {path} has problems:", problems))

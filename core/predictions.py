@@ -18,6 +18,7 @@ from core import NUM_CLASSES, PROB_COLUMNS
 from core.errors import UserError, format_problems
 
 SHOWN_ROWS = 5  # how many bad rows an error message lists per problem
+EXACT_INTEGER_LIMIT = 2 ** 53  # beyond this a number read as float64 may have been rounded to another integer
 
 
 @dataclass(frozen=True)
@@ -186,15 +187,20 @@ def _integer_ids(frame: pd.DataFrame, path: Path) -> np.ndarray:
 def _integer_column(frame: pd.DataFrame, path: Path, column: str, keys: np.ndarray | None,
                     low: int | None, high: int | None) -> np.ndarray:
     raw = frame[column]
-    values = raw if pd.api.types.is_integer_dtype(raw) else pd.to_numeric(raw, errors="coerce")
-    numbers = values.to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(numbers) | (numbers != np.round(numbers))
+    if pd.api.types.is_signed_integer_dtype(raw):
+        numbers = raw.to_numpy(dtype=np.int64)  # exact: large IDs never pass through float64
+        bad = np.zeros(len(numbers), dtype=bool)
+    else:  # text, floats or uint64 beyond int64: only integers float64 holds exactly are accepted
+        floats = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(floats) | (floats != np.round(floats)) | (np.abs(floats) > EXACT_INTEGER_LIMIT)
+        numbers = np.where(bad, 0, floats).astype(np.int64)
     if low is not None:
         bad |= numbers < low
     if high is not None:
         bad |= numbers > high
     if bad.any():
-        allowed = "an integer" + (f" in {low}..{high}" if high is not None else f" >= {low}" if low is not None else "")
+        allowed = "an integer" + (f" in {low}..{high}" if high is not None else f" >= {low}" if low is not None
+                                  else " (at most 2^53 in magnitude unless written as a plain integer column)")
         rows = np.flatnonzero(bad)
         details = [f"{_line(row, keys)}: {column} = {_shown(raw.iloc[row])}" for row in rows[:SHOWN_ROWS]]
         raise UserError(format_problems(f"{path}: column {column} must be {allowed}; {len(rows)} bad row(s), first:",
@@ -230,6 +236,11 @@ def _probability_matrix(frame: pd.DataFrame, path: Path, keys: np.ndarray) -> np
     all_zero = np.flatnonzero((probs == 0).all(axis=1))
     if len(all_zero):
         problems.append(_first_rows("all-zero rows", all_zero, keys, lambda row: "every class is 0"))
+    with np.errstate(over="ignore"):
+        overflowing = np.flatnonzero(finite.all(axis=1) & ~np.isfinite(probs.sum(axis=1)))
+    if len(overflowing):  # the row sum overflows: normalising would silently turn the row into zeros
+        problems.append(_first_rows("values too large to add up (the row sum overflows)", overflowing, keys,
+                                    lambda row: f"max {probs[row].max():g}"))
     if problems:
         raise UserError(format_problems(f"{path}: invalid probabilities in columns {PROB_COLUMNS[0]}..{PROB_COLUMNS[-1]}:",
                                         problems)

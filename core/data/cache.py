@@ -30,6 +30,8 @@ from core.data.audio import AudioError, load_clip
 from core.errors import UserError, format_problems
 
 if TYPE_CHECKING:
+    import multiprocessing.pool
+
     from rich.console import Console
 
 CACHE_ENV = "US8K_CACHE_DIR"
@@ -232,7 +234,7 @@ def _decode_all(array_path: Path, paths: list[str], shape: tuple[int, int], samp
     return reasons
 
 
-def process_pool(workers: int, initializer: Callable[[], None] | None = None):
+def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> multiprocessing.pool.Pool:
     """A multiprocessing pool: fork on Linux (as torch's DataLoader; no re-import of the caller's script),
     spawn elsewhere. Forked workers must run torch single-threaded (see _init_worker)."""
     import multiprocessing

@@ -39,9 +39,9 @@ TRAIN_FOLDS = tuple(range(1, 9))
 TEST_FOLDS = (9, 10)
 MIN_SECONDS, MAX_SECONDS = 0.3, 4.0
 FOREGROUND_SHARE = 0.65           # UrbanSound8K: 5702 of 8732 clips are salience 1
-FULL_LENGTH_SHARE = (0.95, 0.3, 0.9, 0.5, 0.7, 0.9, 0.2, 0.7, 0.9, 1.0)  # per class: share of 4 s clips
+FULL_LENGTH_SHARE = (0.95, 0.5, 0.9, 0.6, 0.8, 0.95, 0.4, 0.8, 0.95, 1.0)  # per class: share of 4 s clips
 FOREGROUND_SNR_DB = (12.0, 30.0)  # source over ambience
-BACKGROUND_SNR_DB = (3.0, 10.0)
+BACKGROUND_SNR_DB = (5.0, 12.0)
 PEAK_RANGE = {1: (0.3, 0.95), 2: (0.08, 0.4)}  # background clips are also quieter overall
 TRAIN_COLUMNS = ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"]
 LIKE_REQUIRED = ("slice_file_name", "start", "end", "salience", "fold", "classID")
@@ -429,28 +429,28 @@ def car_horn(rng: np.random.Generator, sample_rate: int, num_frames: int) -> np.
 
 
 def children_playing(rng: np.random.Generator, sample_rate: int, num_frames: int) -> np.ndarray:
-    """Several overlapping voice-like formant glides and shrieks over a distant crowd murmur."""
+    """Several overlapping high voice-like formant glides and shrieks over a distant crowd murmur."""
     duration = num_frames / sample_rate
-    signal = 0.15 * filtered_noise(rng, num_frames, sample_rate, low=300, high=3000)
-    for _ in range(int(rng.integers(3, 7))):
+    signal = 0.15 * filtered_noise(rng, num_frames, sample_rate, low=500, high=4000)
+    for _ in range(int(rng.integers(4, 8))):
         length = min(rng.uniform(0.25, 1.0), duration)
         span = _span(sample_rate, num_frames, rng.uniform(0, duration - length), length)
         frames = span.stop - span.start
         progress = np.linspace(0.0, 1.0, frames)
-        start_f0 = rng.uniform(260, 450)
+        start_f0 = rng.uniform(300, 550)
         vibrato = 1 + rng.uniform(0.02, 0.04) * np.sin(TWO_PI * rng.uniform(5, 7) * progress * length)
         f0 = start_f0 * rng.uniform(0.75, 1.4) ** progress * vibrato
         harmonics = np.arange(1, 21)
-        formants = [(rng.uniform(700, 1100), 200.0), (rng.uniform(1600, 2800), 250.0), (rng.uniform(2900, 3600), 300.0)]
+        formants = [(rng.uniform(800, 1200), 200.0), (rng.uniform(1800, 3000), 250.0), (rng.uniform(3000, 4000), 300.0)]
         amplitudes = sum(1.0 / (1.0 + ((harmonics * start_f0 - centre) / width) ** 2) for centre, width in formants)
         voice = harmonic_tone(rng, f0, sample_rate, frames, amplitudes)
         voice *= burst_envelope(frames, sample_rate, 0.0, length, 0.03, 0.08)
         signal[span] += rng.uniform(0.5, 1.0) * unit_rms(voice)
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(1, 4))):
         length = min(rng.uniform(0.1, 0.3), duration)
         span = _span(sample_rate, num_frames, rng.uniform(0, duration - length), length)
         frames = span.stop - span.start
-        glide = rng.uniform(800, 1200) * rng.uniform(1.5, 2.2) ** np.linspace(0.0, 1.0, frames)
+        glide = rng.uniform(1500, 2200) * rng.uniform(1.3, 1.8) ** np.linspace(0.0, 1.0, frames)
         shriek = harmonic_tone(rng, glide, sample_rate, frames, np.array([1.0, 0.4, 0.2]))
         signal[span] += 0.7 * unit_rms(shriek * burst_envelope(frames, sample_rate, 0.0, length, 0.02, 0.05))
     return signal
