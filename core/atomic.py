@@ -46,6 +46,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
     except BaseException as error:
@@ -66,6 +67,12 @@ def _raise_storage_error(error: OSError, path: Path) -> None:
         "the folder's permissions (or choose another output folder), then rerun the same command.")
     wrapped.errno = error.errno  # only errno: with strerror/filename set, OSError would print its own text
     raise wrapped from error
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -60,6 +60,7 @@ class FoldResult:
     best_epoch: int
     best: Scores
     history: list[dict] = field(default_factory=list)
+    fingerprint: str = ""
 
 
 @dataclass
@@ -120,6 +121,18 @@ def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_si
                        pin_memory=runtime.device.type == "cuda", replicas=replicas)
 
 
+def fold_fingerprint(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions) -> str:
+    """What must match for a fold's resume state or finished outputs to belong to this run."""
+    training = recipe.training
+    replicas = distributed.current()
+    # Another process count changes every batch, so it is part of the run (one process keeps the old key).
+    world = {"world_size": replicas.world_size} if replicas.enabled else {}
+    return checkpoint.fingerprint(recipe, epochs=options.epochs or training.epochs,
+                                  seed=training.seed if options.seed is None else options.seed, fold=fold,
+                                  data=str(data.source.root), clips=len(data.train.table),
+                                  precision=Runtime.from_options(options).precision, **world)
+
+
 def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
                on_epoch: Callable[[EpochRecord], None] | None = None,
                progress: TrainProgress | None = None) -> FoldResult:
@@ -153,10 +166,7 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
     schedule = build_schedule(sam.base_optimizer, training, epochs, steps_per_epoch)
     scaler = LossScaler(enabled=runtime.precision == "fp16")
 
-    # Another process count changes every batch, so it is part of the run (one process keeps the old key).
-    world = {"world_size": replicas.world_size} if replicas.enabled else {}
-    run_key = checkpoint.fingerprint(recipe, epochs=epochs, seed=seed, fold=fold, data=str(data.source.root),
-                                     clips=len(data.train.table), precision=runtime.precision, **world)
+    run_key = fold_fingerprint(recipe, data, fold, options)
     last_path = out / f"last_fold{fold}.pt"
     best_path = out / f"best_model_fold{fold}.pt"
     start_epoch, best_value, best_epoch, history = 1, -math.inf, 0, []
@@ -216,7 +226,7 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
             on_epoch(record)
     best_row = next(row for row in history if row["epoch"] == best_epoch)
     best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
-    return FoldResult(fold, best_epoch, best, history)
+    return FoldResult(fold, best_epoch, best, history, run_key)
 
 
 def read_resume_state(last_path: Path, run_key: str) -> dict | None:

@@ -25,7 +25,7 @@ from core.metrics import Scores, confusion, score
 from core.recipe import Recipe
 from core.train import checkpoint, distributed
 from core.train.data import PreparedData, prepare_data
-from core.train.fold import FoldResult, Runtime, build_for_training, predict, train_fold
+from core.train.fold import fold_fingerprint, FoldResult, Runtime, build_for_training, predict, train_fold
 from core.train.lock import folder_lock
 from core.train.options import TrainOptions
 from core.train.progress import TrainProgress
@@ -57,6 +57,8 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
         for fold in folds:
             result_path = out / f"result_fold{fold}.json"
             if distributed.broadcast_object(result_path.exists() if main else None):
+                if main:
+                    check_same_run(result_path, fold_fingerprint(recipe, data, fold, options))
                 progress.log(f"fold {fold}: finished earlier ({result_path.name}), skipped")
                 if main:
                     (out / f"last_fold{fold}.pt").unlink(missing_ok=True)  # a kill can land between the two
@@ -122,11 +124,20 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
     write_csv(with_probabilities(oof, oof_probs), out / f"oof_fold{result.fold}.csv")
     test = data.test.table[["ID"]].reset_index(drop=True)
     write_csv(with_probabilities(test, test_probs), out / f"best_model_fold{result.fold}.csv")
-    fold_result = {"fold": result.fold, "best_epoch": result.best_epoch, **result.best.as_dict()}
+    fold_result = {"fold": result.fold, "best_epoch": result.best_epoch, **result.best.as_dict(),
+                   "fingerprint": result.fingerprint}
     if has_labels(data):
         fold_result["test"] = score(test_labels(data), test_probs.argmax(axis=1)).as_dict()
     write_json(fold_result, out / f"result_fold{result.fold}.json")
     (out / f"last_fold{result.fold}.pt").unlink(missing_ok=True)  # the resume state is no longer needed
+
+
+def check_same_run(result_path: Path, fingerprint: str) -> None:
+    """A finished fold is reused only if it was trained with these settings (recipe, epochs, seed, data)."""
+    stored = json.loads(result_path.read_text()).get("fingerprint")
+    if stored != fingerprint:
+        raise UserError(f"{result_path} was finished by a run with other settings (recipe, epochs, seed, data or "
+                        f"precision). Use another --out, or delete {result_path.parent} to train again.")
 
 
 def with_probabilities(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
