@@ -63,3 +63,19 @@ def test_finished_folds_are_skipped(tiny_data, tmp_path):
     written = (out / "best_model_fold3.pt").stat().st_mtime_ns
     train_solution(recipe, source, options)
     assert (out / "best_model_fold3.pt").stat().st_mtime_ns == written
+
+
+def test_a_finished_fold_from_other_settings_is_refused(tiny_data, tmp_path):
+    import dataclasses
+
+    import pytest
+
+    from core.errors import UserError
+
+    recipe = registry.get("resnet34_pcen_sam_8fold").derive(training=dict(batch_size=8))
+    options = TrainOptions(out=tmp_path / "out", submissions=tmp_path / "subs", folds=(2,), epochs=1, device="cpu",
+                           precision="bf16", progress=False, max_clips_per_fold=1)
+    source = load_source(tiny_data)
+    train_solution(recipe, source, options)
+    with pytest.raises(UserError, match="other settings"):
+        train_solution(recipe, source, dataclasses.replace(options, epochs=2))
