@@ -396,7 +396,7 @@ def wait_for_lock(process: subprocess.Popen, folder: RunFolder, log_name: str) -
 
 
 def test_a_second_run_on_the_same_folder_is_refused_until_the_first_dies(tiny_data, params_file, tmp_path):
-    setup = Setup(epochs=1, folds="1")
+    setup = Setup(epochs=20, folds="1")  # long enough to outlive the second run's start-up; it is killed anyway
     folder = RunFolder(tmp_path)
     command = train_command(tiny_data, params_file, setup, folder)
     first = start(command, folder, "first")
