@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import median_seconds  # noqa: E402 (benchmarks/timing.py)
 
 from core.model.pcen import TrainablePCEN, pcen_loop, smoother_coefficient  # noqa: E402
 
@@ -47,23 +48,6 @@ def mel_energies(n_mels: int, n_fft: int, batch: int, seed: int = 0) -> torch.Te
                          f_max=16000, power=1.0)
     with torch.no_grad():
         return mel(waveforms).unsqueeze(1).contiguous()
-
-
-def median_seconds(steps: list[Callable[[], object]], repeats: int, warmup: int = 3) -> list[float]:
-    """Median wall time of each step over `repeats` rounds after `warmup` rounds.
-
-    The steps alternate within a round so that drifts of a shared machine hit them alike.
-    """
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times: list[list[float]] = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, record in zip(steps, times):
-            start = time.perf_counter()
-            step()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
 
 
 def measure(n_mels: int, n_fft: int, repeats: int) -> dict:
@@ -90,7 +74,7 @@ def measure(n_mels: int, n_fft: int, repeats: int) -> dict:
     max_diff = (run_ours() - run_loop()).abs().max().item()
     grad_diff = max(abs(a.grad.item() - b.grad.item()) / max(abs(b.grad.item()), 1.0)
                     for a, b in zip((ours.alpha, ours.delta, ours.r), loop_params))
-    loop_time, ours_time = median_seconds([run_loop, run_ours], repeats)
+    loop_time, ours_time = median_seconds([run_loop, run_ours], repeats, warmup=3)
     return {"shape": list(energy.shape), "loop_ms": 1e3 * loop_time, "ours_ms": 1e3 * ours_time,
             "speedup": loop_time / ours_time, "max_abs_diff": max_diff, "grad_rel_diff": grad_diff}
 

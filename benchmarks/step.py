@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import median_seconds  # noqa: E402 (benchmarks/timing.py)
 
 from core import registry  # noqa: E402
 from core.model.network import build_model  # noqa: E402
@@ -52,20 +53,6 @@ class PrecomputedFeatures(nn.Module):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         self.features.grad = None
         return self.features
-
-
-def median_seconds(steps: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
-    """Median wall time of each step over `repeats` rounds after `warmup` rounds; steps alternate within a round."""
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times: list[list[float]] = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, record in zip(steps, times):
-            start = time.perf_counter()
-            step()
-            record.append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
 
 
 def batch(recipe: Recipe, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Mix]:

@@ -145,3 +145,15 @@ def check_writable(directory: str | os.PathLike) -> None:
             "choose another folder (e.g. --out), fix its permissions or free disk space."
         ) from error
 
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_path`: concurrent processes wait for one another."""
+    import fcntl
+
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

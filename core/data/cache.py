@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
-from core.atomic import write_json
+from core.atomic import exclusive_lock, write_json
 from core.data.audio import AudioError, load_clip
 from core.errors import UserError, format_problems
 
@@ -88,7 +88,7 @@ def load_waveforms(paths: Sequence[str | Path], sample_rate: int, num_samples: i
         return WaveformCache(np.zeros((0, num_samples), dtype=DTYPE), [], {})
     folder = _usable_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir())
     entry = CacheEntry.for_files(folder, path_strings, sample_rate, num_samples)
-    with _exclusive(entry.lock_path):
+    with exclusive_lock(entry.lock_path):
         waveforms, bad, stale_reason = entry.open_verified()
         if waveforms is None:
             console = console or _stderr_console()
@@ -326,19 +326,6 @@ def _allocate(path: Path, nbytes: int) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock: concurrent runs wait for one build instead of decoding twice."""
-    import fcntl
-
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _file_stamp(path: str) -> list[int]:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from core import CLASS_NAMES, NUM_CLASSES
-from core.atomic import write_csv
+from core.atomic import exclusive_lock, write_csv
 from core.errors import UserError
 
 SAMPLE_RATES = (22050, 44100, 48000)
@@ -84,7 +84,7 @@ def write_synthetic_dataset(out: Path, seed: int = 0, like: Path | None = None, 
     plans = plan_like(Path(like), seed) if like is not None else plan_default(seed, clips_per_class_fold,
                                                                                 test_clips_per_class)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out.parent / f".{out.name}.lock"):
+    with exclusive_lock(out.parent / f".{out.name}.lock"):
         if (out / "metadata" / "kaggle_train.csv").exists():
             return out  # a concurrent call finished the same build while we waited
         _check_target(out)
@@ -280,19 +280,6 @@ def _progress_bar(total: int, description: str, *, enabled: bool) -> Iterator[Ca
                   console=Console(stderr=True)) as bar:
         task_id = bar.add_task(description, total=total)
         yield lambda count: bar.advance(task_id, count)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An advisory lock so two processes building the same set do not write into each other's folder."""
-    import fcntl
-
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 # ================================================================================ sound generators
