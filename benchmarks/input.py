@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/input.py [--clips-per-class-fold 13] [--reference-clips 256]
 
 Builds a synthetic set (>= 1000 train clips at 22.05/44.1/48 kHz, mono/stereo, 16/24-bit) in a temp
-folder, caches it once (timed separately: a one-time cost), then times the same DataLoader (batch 32,
-shuffled, float32 torch batches, no worker processes) over
-  - the cache: rows of the float16 memmap -> float32 (what every epoch does), and
-  - the reference way: soundfile decode + torchaudio resample + pad/crop per item, every epoch
+folder, caches it once (timed separately: a one-time cost), then times one shuffled epoch of float32
+torch batches of 32 (no worker processes) from
+  - the cache: a batch of float16 memmap rows -> one float32 tensor (also shown: the same through a
+    per-item DataLoader, the simplest way a trainer can consume it), and
+  - the reference way, a per-item DataLoader: soundfile decode + torchaudio resample + pad/crop per item
     (timed on `--reference-clips` clips of the same shuffled order; its rate does not depend on the count).
+Both run with the same number of torch threads (--threads, default 1 as in a DataLoader worker).
 Prints clips/s of each and their ratio; the last line is RESULT {...} (target ratio >= 20).
 """
 from __future__ import annotations
@@ -74,12 +76,29 @@ def epoch_rate(dataset: Dataset, seed: int) -> tuple[float, int]:
     return clips / (time.perf_counter() - start), clips
 
 
+def direct_epoch_rate(waveforms: np.ndarray, seed: int) -> tuple[float, int]:
+    """(clips/s, clips) of one shuffled pass, indexing the memmap a batch at a time (one float16 -> float32 cast)."""
+    order = np.random.default_rng(seed).permutation(len(waveforms))
+    clips = 0
+    start = time.perf_counter()
+    for first in range(0, len(order), BATCH):
+        rows = np.sort(order[first:first + BATCH])  # sorted rows: sequential reads within the batch
+        batch = torch.from_numpy(np.asarray(waveforms[rows])).float()
+        assert batch.shape == (len(rows), NUM_SAMPLES)
+        clips += batch.shape[0]
+    return clips / (time.perf_counter() - start), clips
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips-per-class-fold", type=int, default=13, help="13 -> 1040 train clips")
     parser.add_argument("--reference-clips", type=int, default=256, help="clips decoded the reference way")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both pipelines (1, as in a DataLoader worker; more threads on a "
+                             "busy machine make torch.stack and resampling slower, not faster)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench-input-") as temp:
         temp_path = Path(temp)
@@ -93,7 +112,8 @@ def main() -> None:
         cache = load_waveforms(paths, SAMPLE_RATE, NUM_SAMPLES, cache_dir=temp_path / "cache", progress=True)
         build_seconds = time.perf_counter() - started
 
-        cached_rate, cached_clips = epoch_rate(CachedClips(cache.waveforms), args.seed)
+        cached_rate, cached_clips = direct_epoch_rate(cache.waveforms, args.seed)
+        loader_rate, _ = epoch_rate(CachedClips(cache.waveforms), args.seed)
         order = np.random.default_rng(args.seed).permutation(len(paths))[: args.reference_clips]
         reference_rate, reference_clips = epoch_rate(DecodedClips([paths[row] for row in order]), args.seed)
 
@@ -101,7 +121,10 @@ def main() -> None:
     print(f"synthetic set: {len(paths)} train clips (written in {synth_seconds:.1f} s)")
     print(f"cache build (once, {cache.waveforms.nbytes / 1e6:.0f} MB): {build_seconds:.1f} s "
           f"= {len(paths) / build_seconds:.0f} clips/s")
-    print(f"epoch from cache:      {cached_rate:9.0f} clips/s  ({cached_clips} clips, batches of {BATCH})")
+    print(f"torch threads: {args.threads}")
+    print(f"epoch from cache:      {cached_rate:9.0f} clips/s  ({cached_clips} clips, batches of {BATCH}, "
+          "direct batch indexing)")
+    print(f"  same, per-item DataLoader: {loader_rate:9.0f} clips/s  (ratio {loader_rate / reference_rate:.1f}x)")
     print(f"decode+resample/item:  {reference_rate:9.0f} clips/s  ({reference_clips} clips, batches of {BATCH})")
     print(f"ratio: {ratio:.1f}x (target >= {TARGET_RATIO:g}x)")
     print("RESULT " + json.dumps({"name": "input_pipeline_cache_vs_decode", "ratio": round(ratio, 2),

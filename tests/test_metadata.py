@@ -1,7 +1,6 @@
 """Metadata: layout detection, validation (every problem in one error), and the tables handed to training."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -256,13 +255,18 @@ def test_kaggle_test_csv_is_required(tmp_path):
     assert error.problems == ["metadata/kaggle_test.csv is missing: the Kaggle layout needs it"]
 
 
-def test_cli_stops_with_one_message_and_writes_nothing(tmp_path):
+def test_cli_stops_with_one_message_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from core.cli import main
+
     root = write_kaggle(tmp_path / "data", train=_train(r1={"classID": 11}))
-    out = tmp_path / "solution"
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "US8K_CACHE_DIR": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "core", "train", "resnet34_pcen_sam_8fold", "--data", str(root),
-                             "--out", str(out), "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 2, result.stderr
-    assert "column classID" in result.stderr and "Traceback" not in result.stderr
-    assert not out.exists() and not (tmp_path / "cache").exists()
+    out, cache = tmp_path / "solution", tmp_path / "cache"
+    monkeypatch.setenv("US8K_CACHE_DIR", str(cache))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["core", "train", "resnet34_pcen_sam_8fold", "--data", str(root),
+                                      "--out", str(out), "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "column classID" in stderr and "Traceback" not in stderr
+    assert not out.exists() and not cache.exists() and sorted(path.name for path in tmp_path.iterdir()) == ["data"]
