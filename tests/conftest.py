@@ -28,6 +28,17 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads per op slow small ops down."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for running `python -m core` from any folder."""
     env = dict(os.environ)

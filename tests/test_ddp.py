@@ -137,12 +137,7 @@ def log_writes(log: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- tests
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_ddp_sam_step_equals_one_process_on_the_global_batch(tmp_path):

@@ -46,13 +46,7 @@ LINEAGE = ["resnet34_pcen_sam_8fold", "resnet34_pcen_sam_8f_200e", "resnet34_att
            "resnet34_mr_salience_fusion_film_attention", "wideresnet", "res2net50"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads per op slow everything down.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def waveforms(batch: int = 2, samples: int = CLIP, seed: int = 0) -> torch.Tensor:

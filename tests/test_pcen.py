@@ -9,13 +9,7 @@ from core.model.pcen import TrainablePCEN, pcen, pcen_loop, smooth, smoother_coe
 S_FLOAT32 = float(torch.tensor(320 / (32000 * 0.06)))  # the reference's float32 buffer value of 1/6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors: on a shared 2-core machine a second spinning OpenMP thread only slows things down.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def loop_smoother(energy: torch.Tensor, s: float) -> torch.Tensor:

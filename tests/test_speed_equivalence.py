@@ -46,13 +46,7 @@ def tiny_recipe(**changes) -> Recipe:
     return registry.get("resnet34_pcen_sam_8fold").derive(name=TINY_SOLUTION, **TINY_CHANGES).derive(**changes)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a busy 2-core machine wait on each other: one thread is 10-100x faster here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
