@@ -242,7 +242,7 @@ def _resolve_workers(workers: int | None, count: int) -> int:
     if workers is not None:
         return max(1, workers)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if count >= 1000 else 1  # spawning workers costs more than a small set takes
+    return cores if count >= 256 else 1  # below that, spawning workers costs more than it saves
 
 
 def _write_metadata(plans: list[ClipPlan], folder: Path) -> None:

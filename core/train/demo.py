@@ -43,7 +43,7 @@ def apply_demo_profile(recipe: Recipe, options: TrainOptions, explicit: set[str]
     if "epochs" not in explicit:
         option_changes["epochs"] = demo.epochs
         changes.append(f"epochs {recipe.training.epochs} -> {demo.epochs}")
-    if "precision" not in explicit and options.precision == "auto":
+    if "precision" not in explicit and options.precision == "auto" and demo.precision != "auto":
         option_changes["precision"] = demo.precision
         changes.append(f"precision auto -> {demo.precision} autocast")
     if demo.max_clips_per_fold is not None and "max_clips_per_fold" not in explicit:
