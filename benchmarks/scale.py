@@ -6,7 +6,7 @@
 2. Cache build of the train (folds 1-8) and test (folds 9-10) splits at 32 kHz x 4 s, in a fresh process.
 3. Cache size on disk (target <= 2.3 GB of float16).
 4. Peak RSS of a fresh process that opens the cache and iterates one shuffled epoch of float32 batches
-   of 32 through a DataLoader (target <= 4 GB; memory-mapped pages it touched count towards RSS).
+   of 32 through the trainer's own dataset and loader (target <= 4 GB; memory-mapped pages it touched count towards RSS).
 Takes many minutes (mostly step 1 and 2). The last line is RESULT {...}.
 """
 from __future__ import annotations
@@ -45,28 +45,17 @@ def stage_cache(data: Path, cache_dir: Path) -> dict:
 def stage_epoch(data: Path, cache_dir: Path) -> dict:
     """(In a fresh child process) open the train cache and iterate one shuffled epoch; report time and peak RSS."""
     import numpy as np
-    import torch
-    from torch.utils.data import DataLoader, Dataset
 
     from core.data.cache import load_waveforms
     from core.data.metadata import load_source
+    from core.train.data import Split, WaveformDataset, make_loader
 
-    class CachedClips(Dataset):
-        def __init__(self, waveforms: np.ndarray) -> None:
-            self.waveforms = waveforms
-
-        def __len__(self) -> int:
-            return len(self.waveforms)
-
-        def __getitem__(self, row: int) -> torch.Tensor:
-            return torch.from_numpy(np.asarray(self.waveforms[row], dtype=np.float32))
-
-    source = load_source(data)
-    cache = load_waveforms(list(source.train["path"]), SAMPLE_RATE, NUM_SAMPLES, cache_dir=cache_dir, progress=False)
-    loader = DataLoader(CachedClips(cache.waveforms), batch_size=BATCH, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    table = load_source(data).train
+    cache = load_waveforms(list(table["path"]), SAMPLE_RATE, NUM_SAMPLES, cache_dir=cache_dir, progress=False)
+    dataset = WaveformDataset(Split(table, cache.waveforms), np.arange(len(table)))  # the trainer's own items
+    loader = make_loader(dataset, BATCH, shuffle=True, drop_last=False, workers=0, seed=0, pin_memory=False)
     started = time.perf_counter()
-    clips = sum(batch.shape[0] for batch in loader)
+    clips = sum(waveforms.shape[0] for waveforms, _, _ in loader)
     seconds = time.perf_counter() - started
     peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
     return {"epoch_s": seconds, "epoch_clips": clips, "peak_rss_gb": peak_rss_kb * 1024 / 1e9}
