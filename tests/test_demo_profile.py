@@ -37,3 +37,18 @@ def test_costly_plugins_shrink_clips_not_the_architecture():
     assert f"clips per train fold -> {recipe.demo.max_clips_per_fold}" in changes
     assert demo_recipe.backbone == recipe.backbone and demo_recipe.frontend == recipe.frontend
     assert count_parameters(demo_recipe) == count_parameters(recipe)
+
+
+def test_clip_limit_takes_each_fold_round_robin_over_classes_in_metadata_order():
+    import pandas as pd
+
+    from core.train.data import _limit_train
+
+    # Per fold the classes come in runs (as in the synthetic set): a plain head(N) would keep one class.
+    train = pd.DataFrame({"fold": [1] * 6 + [2] * 6, "classID": [0, 0, 0, 1, 1, 2] + [2, 2, 5, 5, 7, 7],
+                          "slice_file_name": [f"clip{index}.wav" for index in range(12)]})
+    subset = _limit_train(train, 3)
+    assert subset["slice_file_name"].tolist() == ["clip0.wav", "clip3.wav", "clip5.wav",
+                                                  "clip6.wav", "clip8.wav", "clip10.wav"]
+    assert _limit_train(train, 4)["slice_file_name"].tolist()[:4] == ["clip0.wav", "clip1.wav", "clip3.wav", "clip5.wav"]
+    assert _limit_train(train, None) is train

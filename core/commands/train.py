@@ -41,7 +41,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed [default: the recipe's]."),
     skip_bad_audio: bool = typer.Option(False, help="Drop unreadable/empty/non-finite clips (listed in skipped_audio.csv) instead of stopping."),
     test_salience: Optional[int] = typer.Option(None, help="Salience (1|2) to assume for a test split without a salience column."),
-    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only the first N clips of each train fold (quick runs)."),
+    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only N clips of each train fold, spread over its classes (quick runs)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),

@@ -38,7 +38,7 @@ def tune(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
     workers: int = typer.Option(0, help="DataLoader worker processes."),
-    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only the first N clips of each train fold (quick searches)."),
+    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only N clips of each train fold, spread over its classes (quick searches)."),
     skip_bad_audio: bool = typer.Option(False, help="Drop unreadable clips instead of stopping."),
     report: bool = typer.Option(False, "--report", help="Print the study's best trial, top trials and importances; write plots. No search."),
     top: int = typer.Option(10, help="How many top trials --report lists."),

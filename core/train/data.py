@@ -89,9 +89,14 @@ def prepare_split(table: pd.DataFrame, recipe: Recipe, options: TrainOptions) ->
 
 
 def _limit_train(train: pd.DataFrame, per_fold: int | None) -> pd.DataFrame:
+    """`per_fold` clips of each fold, taken round-robin over its classes (the first clip of every class,
+    then the second, ...), in metadata order: a quick subset that still holds every class."""
     if per_fold is None:
         return train
-    return train.groupby("fold", sort=False, group_keys=False).head(per_fold).reset_index(drop=True)
+    turn = train.groupby(["fold", "classID"], sort=False).cumcount()
+    by_turn = train.assign(turn=turn.to_numpy()).sort_values("turn", kind="stable")
+    keep = by_turn.groupby("fold", sort=False).head(per_fold).index
+    return train.loc[sorted(keep)].reset_index(drop=True)
 
 
 def _test_salience(recipe: Recipe, test: pd.DataFrame, options: TrainOptions) -> pd.DataFrame:

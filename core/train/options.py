@@ -18,7 +18,7 @@ class TrainOptions:
     skip_bad_audio: bool = False
     progress: bool = True
     write_outputs: bool = True              # False: no files at all (hyper-parameter trials)
-    max_clips_per_fold: int | None = None   # keep the first N clips of each train fold (quick runs)
+    max_clips_per_fold: int | None = None   # N clips of each train fold, round-robin over classes (quick runs)
     max_test_clips: int | None = None
     cache_dir: Path | None = None
     channels_last: bool | None = None       # None: on CUDA only
