@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from core.commands.options import Device, Precision, Progress, SkipBadAudio, TestSalience, Workers
+
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict)
@@ -18,12 +20,12 @@ def predict(
     out: Optional[Path] = typer.Option(None, help="Where the per-fold CSVs go [default: <solution dir>/predict-<data folder name>]."),
     submission: Optional[Path] = typer.Option(None, help="Fold-average submission [default: submissions/<solution>-<data folder name>.csv]."),
     batch_size: int = typer.Option(64, help="Clips per batch."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
-    test_salience: Optional[int] = typer.Option(None, help="Salience (1|2) to assume if the test metadata has none."),
-    skip_bad_audio: bool = typer.Option(False, help="Drop unreadable clips instead of stopping."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    device: Device = "auto",
+    precision: Precision = "auto",
+    workers: Workers = 0,
+    test_salience: TestSalience = None,
+    skip_bad_audio: SkipBadAudio = False,
+    progress: Progress = True,
 ) -> None:
     """Predict the test split with every fold model in one pass over the audio; write CSVs and a submission."""
     from rich.console import Console

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from core.commands.options import Device, MaxClipsPerFold, Precision, Progress, SkipBadAudio, TestSalience, Workers
+
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
@@ -35,17 +37,17 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the recipe's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the recipe's]."),
     params: Optional[Path] = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    precision: str = typer.Option("auto", help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
+    device: Device = "auto",
+    precision: Precision = "auto",
+    workers: Workers = 0,
     seed: Optional[int] = typer.Option(None, help="Random seed [default: the recipe's]."),
-    skip_bad_audio: bool = typer.Option(False, help="Drop unreadable/empty/non-finite clips (listed in skipped_audio.csv) instead of stopping."),
-    test_salience: Optional[int] = typer.Option(None, help="Salience (1|2) to assume for a test split without a salience column."),
-    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only N clips of each train fold, spread over its classes (quick runs)."),
+    skip_bad_audio: SkipBadAudio = False,
+    test_salience: TestSalience = None,
+    max_clips_per_fold: MaxClipsPerFold = None,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    progress: Progress = True,
 ) -> None:
     """Train SOLUTION over its folds; rerun the same command to resume.
 

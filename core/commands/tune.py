@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from core.commands.options import Device, MaxClipsPerFold, Precision, SkipBadAudio, Workers
+
 SEARCH_EPOCHS = 80  # epochs per fold in every trial of the reference search
 
 HELP = """Search SOLUTION's hyper-parameters with Optuna (the reference space of 12 parameters,
@@ -35,11 +37,11 @@ def tune(
     space: Optional[Path] = typer.Option(None, help="Search-space file (.toml/.json) (default: the reference space)."),
     out: Optional[Path] = typer.Option(None, help="Solution folder for the default storage and the report's plots (default: solutions/<solution>)."),
     seed: int = typer.Option(42, help="Sampler seed (trial n draws from seed + n)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
-    workers: int = typer.Option(0, help="DataLoader worker processes."),
-    max_clips_per_fold: Optional[int] = typer.Option(None, help="Use only N clips of each train fold, spread over its classes (quick searches)."),
-    skip_bad_audio: bool = typer.Option(False, help="Drop unreadable clips instead of stopping."),
+    device: Device = "auto",
+    precision: Precision = "auto",
+    workers: Workers = 0,
+    max_clips_per_fold: MaxClipsPerFold = None,
+    skip_bad_audio: SkipBadAudio = False,
     report: bool = typer.Option(False, "--report", help="Print the study's best trial, top trials and importances; write plots. No search."),
     top: int = typer.Option(10, help="How many top trials --report lists."),
     export: Optional[Path] = typer.Option(None, help="Write the best parameters to this .toml/.json file (for `train --params`). No search."),
