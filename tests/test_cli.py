@@ -51,3 +51,13 @@ def test_unknown_solution_fails_naming_the_known_ones():
     assert done.returncode != 0
     assert "no_such_model" in done.stderr and "resnet34_pcen_sam_8fold" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_usage_errors_print_usage_and_exit_2_without_a_traceback():
+    for args, message in ((("train", "resnet34_pcen_sam_8fold", "--no-such-option"), "No such option"),
+                          (("train", "resnet34_pcen_sam_8fold", "--epochs", "abc"), "--epochs"),
+                          (("no-such-command",), "No such command")):
+        done = cli(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr and "Usage:" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
