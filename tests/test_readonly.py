@@ -106,6 +106,14 @@ def test_train_with_a_read_only_submissions_folder_fails_at_start(tmp_path, tiny
     assert files_under(tmp_path / "out") == []
 
 
+def test_train_with_a_read_only_submissions_option_fails_at_start(tmp_path, tiny_data, read_only_folder):
+    with isolated_run(tmp_path, stage="core.train.solution.prepare_data"):
+        result = run_cli("train", SOLUTION, "--data", tiny_data, "--out", tmp_path / "out", "--submissions",
+                         read_only_folder, "--device", "cpu", "--no-progress")
+    assert_refused(result, str(read_only_folder))
+    assert files_under(tmp_path / "out") == []
+
+
 def test_train_onto_a_full_disk_fails_at_start(tmp_path, tiny_data, tiny_disk):
     fill(tiny_disk)
     result = train(tmp_path, tiny_data, tiny_disk / "out")

@@ -32,6 +32,7 @@ def train(
     solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
     data: Optional[Path] = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
     out: Optional[Path] = typer.Option(None, help="Output folder [default: solutions/<solution>]."),
+    submissions: Path = typer.Option(Path("submissions"), help="Folder for the fold-average submission <solution>.csv."),
     folds: Optional[str] = typer.Option(None, help="Validation folds to train, e.g. 1,3 [default: the recipe's]."),
     epochs: Optional[int] = typer.Option(None, help="Epochs per fold [default: the recipe's]."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the recipe's]."),
@@ -74,7 +75,7 @@ def train(
         if changes:
             recipe = recipe.derive(training=changes)
         options = TrainOptions(
-            out=out or Path("solutions") / solution, folds=parse_folds(folds), epochs=epochs, device=device,
+            out=out or Path("solutions") / solution, submissions=submissions, folds=parse_folds(folds), epochs=epochs, device=device,
             precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last,
