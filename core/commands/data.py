@@ -18,8 +18,8 @@ def synth(
                                                    "(names, folds, durations, salience, classes)."),
     clips_per_class_fold: int = typer.Option(5, help="Train clips per class and fold (ignored with --like)."),
     test_clips_per_class: int = typer.Option(20, help="Test clips per class (ignored with --like)."),
-    workers: Optional[int] = typer.Option(None, help="Rendering processes [default: the number of cores "
-                                                     "for 1000+ clips]."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Rendering processes [default: the number of "
+                                                            "cores for 256+ clips]."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Write a synthetic UrbanSound8K-like dataset (Kaggle layout, labelled test split) to OUT."""

@@ -175,7 +175,7 @@ class CacheEntry:
         try:
             _allocate(temp_path, self.nbytes)
             reasons = _decode_all(temp_path, paths, self.shape, self.sample_rate, progress=progress,
-                                  workers=_resolve_workers(workers, len(paths)))
+                                  workers=resolve_workers(workers, len(paths)))
             _fsync(temp_path)
             checksum = _spot_checksum(np.memmap(temp_path, dtype=DTYPE, mode="r", shape=self.shape))
             os.replace(temp_path, self.array_path)
@@ -264,7 +264,9 @@ def _single_thread_torch() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _resolve_workers(workers: int | None, count: int) -> int:
+def resolve_workers(workers: int | None, count: int) -> int:
+    """Processes for `count` items: the caller's number (at most one per item), else the number of
+    cores, or 1 below MIN_FILES_FOR_POOL items."""
     if workers is not None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")

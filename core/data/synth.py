@@ -220,29 +220,22 @@ def render_files(folder: Path, seed: int, items: list[tuple[int, ClipPlan]]) -> 
 
 
 def _render_all(plans: list[ClipPlan], folder: Path, seed: int, *, workers: int | None, progress: bool) -> None:
+    from core.data.cache import process_pool, resolve_workers
+
     for plan_folder in sorted({plan.folder for plan in plans}):
         (folder / "audio" / plan_folder).mkdir(parents=True, exist_ok=True)
     items = list(enumerate(plans))
     chunks = [items[start:start + 16] for start in range(0, len(items), 16)]
     task = partial(render_files, folder, seed)
-    workers = _resolve_workers(workers, len(items))
+    workers = resolve_workers(workers, len(items))
     with _progress_bar(len(items), "Synthesising clips", enabled=progress) as advance:
         if workers == 1:
             for chunk in chunks:
                 advance(task(chunk))
             return
-        from core.data.cache import process_pool
-
         with process_pool(workers) as pool:
             for written in pool.imap_unordered(task, chunks):
                 advance(written)
-
-
-def _resolve_workers(workers: int | None, count: int) -> int:
-    if workers is not None:
-        return max(1, workers)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if count >= 256 else 1  # below that, spawning workers costs more than it saves
 
 
 def _write_metadata(plans: list[ClipPlan], folder: Path) -> None:
