@@ -22,7 +22,8 @@ with optuna-dashboard (pip install optuna-dashboard; optuna-dashboard STORAGE_UR
 
 def register(app: typer.Typer) -> None:
     """Add the `tune` command to the CLI."""
-    app.command("tune", help=HELP)(tune)
+    app.command("tune", help=HELP, short_help="Search SOLUTION's hyper-parameters with Optuna; "
+                                               "any number of workers share one study.")(tune)
 
 
 def tune(
