@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.data.audio import load_clip  # noqa: E402
 from core.data.cache import load_waveforms  # noqa: E402
 from core.data.metadata import load_source  # noqa: E402
-from core.data.synth import write_synthetic_dataset  # noqa: E402
+from core.demo.synth import write_synthetic_dataset  # noqa: E402
 from core.train.data import Split, WaveformDataset, make_loader  # noqa: E402
 
 SAMPLE_RATE = 32000

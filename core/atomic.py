@@ -119,10 +119,10 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 150) -> Path:
-    """Save a matplotlib figure as PNG atomically."""
+def save_figure(figure: Any, path: str | os.PathLike, dpi: int = 150, metadata: dict[str, str] | None = None) -> Path:
+    """Save a matplotlib figure as PNG atomically; `metadata` becomes PNG text chunks."""
     with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
+        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight", metadata=metadata)
     return Path(path)
 
 

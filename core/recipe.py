@@ -6,12 +6,47 @@ what changes. The engine (model builder, data pipeline, trainer) reads nothing b
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from core.errors import UserError
+
+Stem = Literal["timm", "deep"]                       # timm's own 7x7/2 stem | three 3x3 convs (32, 64, 64)
+CbamPlacement = Literal["none", "stages", "last"]    # no CBAM | after every stage | after the last stage
+Pooling = Literal["gap", "asp", "temporal_asp"]      # global average | channel-wise attentive stats | one weight per frame
+Temporal = Literal["none", "bigru"]
+FusionKind = Literal["none", "concat", "film"]
+Schedule = Literal["cosine", "warmup_cosine", "warm_restarts", "onecycle_per_epoch", "warmup_cosine_per_step"]
+SelectMetric = Literal["accuracy", "macro_f1", "composite"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class RecipeError(UserError, ValueError):
+    """A recipe field holds a value outside its allowed choices (raised when the recipe is made or derived)."""
+
+
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """{field: allowed values} for the Literal-typed fields of a recipe section."""
+    hints = typing.get_type_hints(cls)
+    return {name: get_args(hint) for name, hint in hints.items() if get_origin(hint) is Literal}
+
+
+class Checked:
+    """Mixin: every Literal field is checked once, when the section is created (also by `replace`)."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in _choice_fields(type(self)).items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise RecipeError(f"{type(self).__name__.lower()}.{name} = {value!r} is not allowed; "
+                                  f"choose one of {', '.join(map(repr, allowed))}")
 
 
 @dataclass(frozen=True)
-class PCEN:
+class PCEN(Checked):
     """Trainable per-channel energy normalisation (shared scalars alpha, delta, r; fixed smoother s)."""
 
     T: float = 0.06            # smoother time constant (s); s = hop / (sample_rate * T), a fixed buffer
@@ -23,7 +58,7 @@ class PCEN:
 
 
 @dataclass(frozen=True)
-class Frontend:
+class Frontend(Checked):
     """Waveform -> mel magnitude -> PCEN; one input channel per FFT size (multi-resolution)."""
 
     sample_rate: int = 32000
@@ -46,13 +81,13 @@ class Frontend:
 
 
 @dataclass(frozen=True)
-class Backbone:
+class Backbone(Checked):
     """A timm CNN used as a feature extractor, with the audio-specific edits of the lineage."""
 
     arch: str = "resnet34"       # timm model name
-    stem: str = "timm"           # "timm": its own 7x7/2 conv + bn + act | "deep": three 3x3 convs (32, 64, 64; last stride 2)
+    stem: Stem = "timm"          # "timm": its own 7x7/2 conv + bn + act | "deep": three 3x3 convs (32, 64, 64; last stride 2)
     maxpool: bool = True         # False replaces the stem max-pool by Identity
-    cbam: str = "none"           # "none" | "stages": after every stage | "last": after the last stage only
+    cbam: CbamPlacement = "none" # "none" | "stages": after every stage | "last": after the last stage only
     cbam_ratio: int = 16
     cbam_kernel: int = 7
     cbam_min_hidden: int = 1     # hidden width = max(C // ratio, cbam_min_hidden)
@@ -61,12 +96,12 @@ class Backbone:
 
 
 @dataclass(frozen=True)
-class Head:
+class Head(Checked):
     """Feature map -> vector -> logits."""
 
-    pooling: str = "gap"         # "gap" | "asp": channel-wise attentive stats | "temporal_asp": one weight per frame
+    pooling: Pooling = "gap"     # "gap" | "asp": channel-wise attentive stats | "temporal_asp": one weight per frame
     asp_channels: int = 128
-    temporal: str = "none"       # "none" | "bigru": bidirectional GRU over time before pooling
+    temporal: Temporal = "none"  # "none" | "bigru": bidirectional GRU over time before pooling
     gru_hidden: int = 256
     gru_layers: int = 2
     gru_dropout: float = 0.2
@@ -75,10 +110,10 @@ class Head:
 
 
 @dataclass(frozen=True)
-class Fusion:
+class Fusion(Checked):
     """How salience (metadata: 1 foreground, 2 background) enters the model."""
 
-    kind: str = "none"           # "none" | "concat": embedding joins the pooled vector | "film": modulates the last stage
+    kind: FusionKind = "none"    # "none" | "concat": embedding joins the pooled vector | "film": modulates the last stage
     dim: int = 64
     padding_row: bool = False    # True: Embedding(3, dim, padding_idx=0) indexed by the raw 1/2 value
 
@@ -88,7 +123,7 @@ class Fusion:
 
 
 @dataclass(frozen=True)
-class Augment:
+class Augment(Checked):
     """Training-time augmentation."""
 
     mixup_alpha: float = 1.0     # Beta(alpha, alpha); 0 disables mixup
@@ -102,7 +137,7 @@ class Augment:
 
 
 @dataclass(frozen=True)
-class Training:
+class Training(Checked):
     """Optimiser, schedule, loss and the checkpoint rule."""
 
     epochs: int = 100
@@ -117,7 +152,7 @@ class Training:
     #   "warm_restarts": CosineAnnealingWarmRestarts(restart_period, restart_mult) per epoch
     #   "onecycle_per_epoch": OneCycleLR sized in batches but stepped once per epoch (reference quirk)
     #   "warmup_cosine_per_step": linear warm-up from 0 over warmup_epochs, cosine to 0, per batch
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     warmup_epochs: int = 0
     eta_min: float = 1e-6
     restart_period: int = 10
@@ -126,13 +161,13 @@ class Training:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0       # 0: no clipping
     drop_last: bool = False
-    select_metric: str = "accuracy"  # "accuracy" | "composite": which validation score picks the best epoch
+    select_metric: SelectMetric = "accuracy"  # which validation score picks the best epoch
     folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     seed: int = 42
 
 
 @dataclass(frozen=True)
-class Demo:
+class Demo(Checked):
     """The demo profile: how `train` shrinks this solution when no --data is given (synthetic set).
 
     Same architecture; fewer folds, epochs and clips so that it finishes on a laptop CPU.
@@ -141,7 +176,7 @@ class Demo:
     folds: tuple[int, ...] = (1,)
     epochs: int = 8
     batch_size: int = 16
-    precision: str = "auto"      # the platform default: fp32 on CPU (bf16 without AMX was 1.4x slower here), bf16 on GPU
+    precision: Precision = "auto" # the platform default: fp32 on CPU (bf16 without AMX was 1.4x slower here), bf16 on GPU
     mixup_alpha: float = 0.2     # a softer mixup learns the small set faster
     max_clips_per_fold: int | None = None
     max_test_clips: int | None = None

@@ -7,6 +7,9 @@
     def resnet34_pcen_sam_8f_200e(parent: Recipe) -> Recipe:
         return parent.derive(frontend=dict(n_mels=128))
 
+    @register(parent="x", derives_from="y")     # lineage parent x (ordering, tables, ablations),
+    def z(base: Recipe) -> Recipe: ...           # configuration derived from y's recipe
+
     register_variant("x_e128", parent="x", fusion=dict(dim=128))   # a one-line variant
 
 The registered name is the function name; its docstring's first line is the summary.
@@ -15,19 +18,22 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from core.errors import UserError
-from core.recipe import Recipe
+from core.recipe import Recipe, RecipeError
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
-    parent: str | None
+    parent: str | None            # the lineage parent: ordering, the solutions table, the ablation report
     build: Callable[..., Recipe]
     doc: str
+    derives_from: str | None      # whose recipe `build` receives (the parent unless the card says otherwise)
+    module: str                   # the plugin module that registered it (named in errors)
 
 
 _ENTRIES: dict[str, Entry] = {}  # filled once by plugin imports, like timm's model registry
@@ -40,11 +46,19 @@ class UnknownSolution(UserError, KeyError):
         return str(self.args[0])
 
 
-def register(fn: Callable[..., Recipe] | None = None, *, parent: str | None = None):
-    """Register `fn` as a solution named after it (usable as @register or @register(parent=...))."""
+def register(fn: Callable[..., Recipe] | None = None, *, parent: str | None = None,
+             derives_from: str | None = None):
+    """Register `fn` as a solution named after it (usable as @register or @register(parent=...)).
+
+    `derives_from`: the solution whose recipe `fn` receives, when it is not the lineage parent (a
+    model that descends from one solution but shares the configuration of another).
+    """
+    if derives_from is not None and parent is None:
+        raise ValueError("derives_from needs a lineage parent too")
 
     def decorate(func: Callable[..., Recipe]) -> Callable[..., Recipe]:
-        _add(Entry(func.__name__, parent, func, (func.__doc__ or "").strip()))
+        _add(Entry(func.__name__, parent, func, (func.__doc__ or "").strip(), derives_from or parent,
+                   func.__module__))
         return func
 
     return decorate(fn) if fn is not None else decorate
@@ -52,7 +66,8 @@ def register(fn: Callable[..., Recipe] | None = None, *, parent: str | None = No
 
 def register_variant(name: str, *, parent: str, doc: str = "", **changes: Any) -> None:
     """Register `name` as `parent` with `changes` (same syntax as Recipe.derive)."""
-    _add(Entry(name, parent, lambda base: base.derive(**changes), doc or f"{parent} with {changes}"))
+    module = sys._getframe(1).f_globals.get("__name__", "?")  # the calling plugin
+    _add(Entry(name, parent, lambda base: base.derive(**changes), doc or f"{parent} with {changes}", parent, module))
 
 
 def _add(entry: Entry) -> None:
@@ -97,12 +112,15 @@ def get(name: str) -> Recipe:
     if name not in _ENTRIES:
         raise UnknownSolution(f"unknown solution {name!r}; known solutions: {', '.join(names())}")
     entry = _ENTRIES[name]
-    if entry.parent is None:
-        recipe = entry.build()
-    else:
-        recipe = entry.build(get(entry.parent))
+    if entry.derives_from is not None and entry.derives_from not in _ENTRIES:
+        raise ValueError(f"solution {name!r} derives from the unregistered solution {entry.derives_from!r}")
+    base = None if entry.derives_from is None else get(entry.derives_from)
     summary = entry.doc.splitlines()[0] if entry.doc else ""
-    return recipe.derive(name=name, parent=entry.parent, summary=summary)
+    try:  # a bad choice is reported here, naming the plugin, not later when the model or schedule is built
+        recipe = entry.build() if base is None else entry.build(base)
+        return recipe.derive(name=name, parent=entry.parent, summary=summary)
+    except RecipeError as error:
+        raise RecipeError(f"solution {name!r} ({entry.module}): {error}") from None
 
 
 def doc(name: str) -> str:

@@ -13,7 +13,7 @@ SHARED = REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A Kaggle-layout synthetic set: 8 folds x 10 classes x 1 clip, 10 labelled test clips."""
-    from core.data.synth import write_synthetic_dataset
+    from core.demo.synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("tiny") / "data"
     write_synthetic_dataset(root, seed=1, clips_per_class_fold=1, test_clips_per_class=1)

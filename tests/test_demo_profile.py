@@ -3,7 +3,7 @@ from pathlib import Path
 
 from core import registry
 from core.model.network import count_parameters
-from core.train.demo import apply_demo_profile
+from core.demo.profile import apply_demo_profile
 from core.train.options import TrainOptions
 
 

@@ -24,7 +24,7 @@ from core.train import checkpoint
 from core.train.data import (ResidentBatches, WaveformDataset, check_device_cache_allowed, check_device_cache_fits,
                              make_loader, make_resident, prepare_data)
 from core.train.distributed import Replicas
-from core.train.fold import Runtime, build_for_training, sam_step, train_fold
+from core.train.fold import Runtime, build_on_device, sam_step, train_fold
 from core.train.mixup import Mix
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler
@@ -121,7 +121,7 @@ def test_cached_waveforms_give_the_predictions_of_decoding_every_clip(trained, t
     cached = np.asarray(data.test.waveforms)
     np.testing.assert_array_equal(cached, decoded.astype(np.float16))  # the cache holds exactly the decoded clips
 
-    model = build_for_training(recipe, CPU_FP32, 0, 1)
+    model = build_on_device(recipe, CPU_FP32, 0, 1)
     checkpoint.load_best_into(trained / "best_model_fold1.pt", model, recipe.name)
     with torch.no_grad():
         uncached_probs = torch.softmax(model.eval()(torch.from_numpy(decoded)), dim=1).numpy()

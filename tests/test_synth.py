@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import soundfile
 
-import core.data.synth as synth
+import core.demo.synth as synth
 from core import CLASS_NAMES
 from core.data.metadata import load_source
-from core.data.synth import write_synthetic_dataset
+from core.demo.synth import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CSV = REPO.parent / "shared" / "data" / "UrbanSound8K.csv"

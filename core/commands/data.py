@@ -20,16 +20,23 @@ def synth(
     test_clips_per_class: int = typer.Option(20, help="Test clips per class (ignored with --like)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Rendering processes [default: the number of "
                                                             "cores for 256+ clips]."),
+    layout: str = typer.Option("kaggle", help="kaggle: folds 1-8 + a labelled test split | official: "
+                                              "UrbanSound8K's own layout, folds 1-10 (for --protocol us8k-10fold)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Write a synthetic UrbanSound8K-like dataset (Kaggle layout, labelled test split) to OUT."""
+    """Write a synthetic UrbanSound8K-like dataset (Kaggle or official layout, all labelled) to OUT."""
     import pandas as pd
     from rich.console import Console
 
-    from core.data.synth import write_synthetic_dataset
+    from core.demo.synth import write_synthetic_dataset
 
     root = write_synthetic_dataset(out, seed=seed, like=like, clips_per_class_fold=clips_per_class_fold,
-                                   test_clips_per_class=test_clips_per_class, workers=workers, progress=progress)
+                                   test_clips_per_class=test_clips_per_class, workers=workers, progress=progress,
+                                   layout=layout)
+    if layout == "official":
+        table = pd.read_csv(root / "metadata" / "UrbanSound8K.csv")
+        Console(stderr=True).print(f"wrote {len(table)} labelled clips in folds 1-10 (official layout) to {root}")
+        return
     train = pd.read_csv(root / "metadata" / "kaggle_train.csv")
     test = pd.read_csv(root / "metadata" / "kaggle_test.csv")
     Console(stderr=True).print(f"wrote {len(train)} train clips (folds {train['fold'].min()}-{train['fold'].max()}) "

@@ -48,6 +48,12 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
+    protocol: str = typer.Option("kaggle", help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
+                                              "test every fold k, validate on k+1 (the literature's protocol)."),
+    allow_fold_leakage: bool = typer.Option(False, "--allow-fold-leakage", help="Proceed although one recording "
+                                            "(fsID) spans folds; the summary records it."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Also write per-epoch scalars and hparams for TensorBoard "
+                                                          "under DIR/<solution>/<protocol>/fold<k>."),
     progress: Progress = True,
 ) -> None:
     """Train SOLUTION over its folds; rerun the same command to resume.
@@ -60,7 +66,7 @@ def train(
     from core import registry
     from core.data.metadata import load_source
     from core.train import distributed
-    from core.train.demo import apply_demo_profile, ensure_demo_data
+    from core.demo.profile import apply_demo_profile, ensure_demo_data
     from core.train.options import TrainOptions
     from core.train.report import print_summary
 
@@ -74,8 +80,15 @@ def train(
         changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
         if changes:
             recipe = recipe.derive(training=changes)
+        from core.folds import PROTOCOLS
+
+        if protocol not in PROTOCOLS:
+            from core.errors import UserError
+
+            raise UserError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+        default_out = Path("solutions") / solution / ("" if protocol == "kaggle" else protocol)
         options = TrainOptions(
-            out=out or Path("solutions") / solution, submissions=submissions, folds=parse_folds(folds), epochs=epochs, device=device,
+            out=out or default_out, protocol=protocol, tensorboard=tensorboard, submissions=submissions, folds=parse_folds(folds), epochs=epochs, device=device,
             precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last,
@@ -89,7 +102,7 @@ def train(
             console.print("[bold]No --data given: training on the synthetic demo set[/] (data/demo). "
                           "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
             data = ensure_demo_data()
-        source = load_source(data)
+        source = load_source(data, allow_fold_leakage=allow_fold_leakage)
         from core.train.solution import train_solution
 
         summary = train_solution(recipe, source, options)

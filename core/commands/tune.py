@@ -151,7 +151,7 @@ def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
     """Cache the training audio once for every trial of this worker; no test audio, no output files."""
     from core.data.metadata import load_source
     from core.train.data import prepare_data
-    from core.train.demo import ensure_demo_data
+    from core.demo.profile import ensure_demo_data
     from core.train.options import TrainOptions
 
     data = request.data

@@ -10,6 +10,7 @@ Everything is checked before any work starts and every problem is reported in on
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,13 @@ import pandas as pd
 
 from core import NUM_CLASSES
 from core.errors import UserError, format_problems
+from core.folds import SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
 
 KAGGLE_TRAIN = Path("metadata/kaggle_train.csv")
 KAGGLE_TEST = Path("metadata/kaggle_test.csv")
 KAGGLE_TEST_LABELS = Path("metadata/kaggle_test_labels.csv")
 OFFICIAL = Path("metadata/UrbanSound8K.csv")
 
-TRAIN_FOLDS = tuple(range(1, 9))
-TEST_FOLDS = (9, 10)
-SALIENCE_VALUES = (1, 2)  # 1 = foreground, 2 = background
 CLASS_IDS = tuple(range(NUM_CLASSES))
 
 TRAIN_REQUIRED = ("slice_file_name", "fold", "classID", "salience")
@@ -53,6 +52,8 @@ class DataSource:
     layout: str                 # "kaggle" | "official"
     train: pd.DataFrame         # slice_file_name, fold (int 1..8), classID (int 0..9), salience (int 1|2), path
     test: pd.DataFrame          # ID (int), slice_file_name, path, salience (Int64, <NA> if unknown), classID (Int64)
+    all_folds: pd.DataFrame | None = None  # official layout: folds 1-10 as train-style rows (us8k-10fold protocol)
+    fold_leakage: str | None = None         # the leakage found, when --allow-fold-leakage let it through
 
     @property
     def has_test_labels(self) -> bool:
@@ -89,21 +90,78 @@ def detect_layout(root: Path) -> str:
          "pass --data the folder that contains metadata/ and audio/"])
 
 
-def load_source(root: Path) -> DataSource:
+class FoldLeakageError(UserError):
+    """Clips of one recording (fsID) sit in two folds, or in the training folds and the test split."""
+
+
+def load_source(root: Path, allow_fold_leakage: bool = False) -> DataSource:
     """Detect the layout of `root`, validate all metadata and audio paths, and return the tables.
 
     Raises MetadataError listing every problem (missing columns, class IDs outside 0-9, salience not
-    1 or 2, bad folds or IDs, duplicate names, listed files that are absent) before any work starts.
+    1 or 2, bad folds or IDs, duplicate names, listed files that are absent) before any work starts,
+    then FoldLeakageError if one recording spans folds (unless `allow_fold_leakage`).
     """
     root = Path(root).resolve()
     layout = detect_layout(root)
-    if layout == "kaggle":
-        train, test, problems = _load_kaggle(root)
-    else:
-        train, test, problems = _load_official(root)
+    train, test, problems = (_load_kaggle if layout == "kaggle" else _load_official)(root)
     if problems:
         raise MetadataError(f"the metadata in {root} has {len(problems)} problem(s); nothing was done:", problems)
-    return DataSource(root=root, layout=layout, train=train, test=test)
+    labelled, all_folds = train, None
+    if layout == "official":  # folds 9-10 are labelled too: all ten folds, for the 10-fold protocol
+        labelled = all_folds = pd.concat([train, test.astype({"classID": np.int64, "salience": np.int64})
+                                          [TRAIN_COLUMNS + ["recording"]]], ignore_index=True)
+    leakage = fold_leakage(labelled, test if layout == "kaggle" else None)
+    if leakage and not allow_fold_leakage:
+        raise FoldLeakageError(f"{root}: {leakage}. Clips cut from one recording must stay in one fold, or scores "
+                               "are inflated (random splits of UrbanSound8K reach ~98 % instead of ~84 %). Fix the "
+                               "folds, or pass --allow-fold-leakage to proceed knowingly (the summary then says so).")
+    return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
+                      all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage)
+
+
+# --------------------------------------------------------------------------------- fold leakage
+
+SLICE_NAME = re.compile(r"^(\d+)-(\d+)-\d+-\d+\.[A-Za-z0-9]+$")  # UrbanSound8K: fsID-classID-occurrenceID-sliceID.wav
+SHOWN_RECORDINGS = 5
+
+
+def recording_of(name: str) -> str | None:
+    """The Freesound recording (fsID) of an UrbanSound8K-style file name; None for other names."""
+    match = SLICE_NAME.match(name)
+    return match.group(1) if match else None
+
+
+def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None) -> str | None:
+    """None, or what leaks: one recording's clips of a class in two labelled folds; such test clips in them.
+
+    The unit is a recording's clips of one class (fsID + classID): that is how UrbanSound8K's own
+    folds were drawn (5 of its recordings hold two classes, each class's clips in its own fold), so the
+    published folds pass and a recording split across folds does not. `labelled` needs columns
+    recording (fsID or <NA>), classID and fold; `test` (the Kaggle layout's unlabelled split, whose
+    names may follow UrbanSound8K's naming, class field included) needs slice_file_name.
+    """
+    problems = []
+    known = labelled.dropna(subset=["recording"])
+    keys = known["recording"].astype(str) + "/" + known["classID"].astype(str)
+    folds_of = known.groupby(keys)["fold"].agg(lambda folds: sorted(set(folds)))
+    spread = folds_of[folds_of.map(len) > 1]
+    if len(spread):
+        shown = "; ".join(f"{_recording(key)} in folds {','.join(map(str, folds))}"
+                          for key, folds in spread.head(SHOWN_RECORDINGS).items())
+        problems.append(f"{len(spread)} recording(s) appear in more than one fold (first: {shown})")
+    if test is not None and len(test):
+        matches = test["slice_file_name"].str.extract(SLICE_NAME).dropna()
+        shared = sorted(set(matches[0] + "/" + matches[1]) & set(folds_of.index))
+        if shared:
+            shown = "; ".join(f"{_recording(key)} (train folds {','.join(map(str, folds_of[key]))})"
+                              for key in shared[:SHOWN_RECORDINGS])
+            problems.append(f"{len(shared)} test recording(s) also appear in the training folds (first: {shown})")
+    return "; ".join(problems) or None
+
+
+def _recording(key: str) -> str:
+    recording, class_id = key.split("/")
+    return f"fsID {recording} (class {class_id})"
 
 
 # ----------------------------------------------------------------------------------------- layouts
@@ -130,14 +188,14 @@ def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         _check_files(root, test, KAGGLE_TEST.name, problems)
         if labels_csv is not None:
             test["classID"] = _test_labels(test, labels_csv, problems)
-    return train[TRAIN_COLUMNS], test[TEST_COLUMNS], problems
+    return train, test, problems
 
 
 def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     problems: list[str] = []
     table = _read_csv(root, OFFICIAL, TRAIN_REQUIRED, problems)
     if table is None:
-        return _empty_train()[TRAIN_COLUMNS], _empty_test()[TEST_COLUMNS], problems
+        return _empty_train(), _empty_test(), problems
     rows = _train_rows(table, OFFICIAL.name, TRAIN_FOLDS + TEST_FOLDS, problems,
                        "the official metadata uses folds 1-10")
     rows["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
@@ -154,7 +212,7 @@ def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         salience=test["salience"].astype("Int64"),
         classID=test["classID"].astype("Int64"),
     )
-    return train[TRAIN_COLUMNS], test[TEST_COLUMNS], problems
+    return train, test, problems
 
 
 # ------------------------------------------------------------------------------------ row checks
@@ -194,11 +252,16 @@ def _train_rows(table: pd.DataFrame, csv_name: str, folds: tuple[int, ...], prob
     salience = _integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
                          "salience is 1 (foreground) or 2 (background)")
     valid = fold.notna() & class_id.notna() & salience.notna() & names.notna()
+    names = names[valid].astype(str)
+    # The recording a clip was cut from: the fsID column where there is one, else the name's first field.
+    recording = (table["fsID"].str.strip().replace("", pd.NA)[valid] if "fsID" in table.columns
+                 else names.map(recording_of))
     return pd.DataFrame({
-        "slice_file_name": names[valid].astype(str),
+        "slice_file_name": names,
         "fold": fold[valid].astype(np.int64),
         "classID": class_id[valid].astype(np.int64),
         "salience": salience[valid].astype(np.int64),
+        "recording": recording,
     }).reset_index(drop=True)
 
 
@@ -314,7 +377,7 @@ def _line(position: int) -> int:
 def _empty_train() -> pd.DataFrame:
     return pd.DataFrame({"slice_file_name": pd.Series(dtype=str), "fold": pd.Series(dtype=np.int64),
                          "classID": pd.Series(dtype=np.int64), "salience": pd.Series(dtype=np.int64),
-                         "path": pd.Series(dtype=str)})
+                         "path": pd.Series(dtype=str), "recording": pd.Series(dtype=object)})
 
 
 def _empty_test() -> pd.DataFrame:

@@ -28,8 +28,6 @@ class AudioClassifier(nn.Module):
         super().__init__()
         self.solution = recipe.name
         fusion = recipe.fusion
-        if fusion.kind not in ("none", "concat", "film"):
-            raise ValueError(f"{recipe.name}: unknown fusion kind {fusion.kind!r}; use 'none', 'concat' or 'film'")
         self.uses_salience = fusion.uses_salience
         self.fusion_kind = fusion.kind
         self.audio_input = AudioInput(recipe.frontend, recipe.augment)
@@ -93,22 +91,18 @@ def _as_batch_of_clips(waveforms: Tensor) -> Tensor:
 
 
 def _temporal_model(head: Head, channels: int) -> nn.Module | None:
-    if head.temporal == "none":
-        return None
+    """The sequence model over time (the recipe checked head.temporal when it was made)."""
     if head.temporal == "bigru":
         return BiGRU(channels, head.gru_hidden, head.gru_layers, head.gru_dropout)
-    raise ValueError(f"unknown head temporal model {head.temporal!r}; use 'none' or 'bigru'")
+    return None
 
 
 def _pooling(head: Head, channels: int) -> tuple[nn.Module, int]:
-    """The pooling module and its output width."""
+    """The pooling module and its output width (the recipe checked head.pooling when it was made)."""
     if head.pooling == "gap":
         return GlobalAveragePooling(), channels
-    if head.pooling == "asp":
-        return AttentiveStatsPooling(channels, head.asp_channels), 2 * channels
-    if head.pooling == "temporal_asp":
-        return TemporalAttentiveStatsPooling(channels, head.asp_channels), 2 * channels
-    raise ValueError(f"unknown head pooling {head.pooling!r}; use 'gap', 'asp' or 'temporal_asp'")
+    pooling = AttentiveStatsPooling if head.pooling == "asp" else TemporalAttentiveStatsPooling
+    return pooling(channels, head.asp_channels), 2 * channels
 
 
 def build_model(recipe: Recipe) -> AudioClassifier:

@@ -19,6 +19,7 @@ from core.atomic import write_csv
 from core.data.cache import load_waveforms
 from core.data.metadata import DataSource
 from core.errors import UserError
+from core.folds import FoldRoles, fold_roles
 from core.recipe import Augment, Recipe
 from core.train import distributed
 from core.train.distributed import Replicas
@@ -44,30 +45,71 @@ class Split:
 
 @dataclass
 class PreparedData:
-    """Train and test splits ready for every fold."""
+    """The labelled folds (`train`) and the separate test split, ready for every fold training.
+
+    Under the kaggle protocol `train` holds folds 1-8 and `test` the test split; under us8k-10fold
+    `train` holds all ten labelled folds (each fold training tests one of them) and `test` is None.
+    """
 
     source: DataSource
     train: Split
-    test: Split
+    test: Split | None
     bad_audio: dict[str, str]
+    protocol: str = "kaggle"
+
+    def roles(self, fold: int) -> FoldRoles:
+        """The folds' roles in fold training `fold`; refused when a fold it needs has no clips."""
+        roles = fold_roles(self.protocol, fold)
+        present = set(self.train.table["fold"].tolist())
+        needed = [roles.validation] + ([roles.test] if roles.test is not None else [])
+        missing = [k for k in needed if k not in present]
+        if missing:
+            raise UserError(f"fold {missing[0]} has no clips in {self.source.root} (needed by fold training {fold} "
+                            f"of the {self.protocol} protocol); folds present: {sorted(present)}")
+        return roles
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of the training rows and of the held-out rows for validation fold `fold`."""
+        """Positions in `train` of the training rows and of the validation rows of fold training `fold`."""
+        roles = self.roles(fold)
         folds = self.train.table["fold"].to_numpy()
-        if fold not in set(folds.tolist()):
-            raise UserError(f"fold {fold} has no clips in {self.source.root}; folds present: {sorted(set(folds.tolist()))}")
-        return np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+        return np.flatnonzero(np.isin(folds, roles.train)), np.flatnonzero(folds == roles.validation)
+
+    def test_rows(self, fold: int) -> np.ndarray | None:
+        """Positions in `train` of the test fold of fold training `fold` (None: the separate test split)."""
+        roles = self.roles(fold)
+        if roles.test is None:
+            return None
+        return np.flatnonzero(self.train.table["fold"].to_numpy() == roles.test)
 
 
 def prepare_data(recipe: Recipe, source: DataSource, options: TrainOptions) -> PreparedData:
-    """Cache (or reuse) the audio of both splits at the recipe's rate and length."""
+    """Cache (or reuse) the audio of the protocol's splits at the recipe's rate and length."""
+    if options.protocol == "us8k-10fold":
+        folds = all_labelled_folds(source)
+        train, bad = prepare_split(_limit_train(folds, options.max_clips_per_fold), recipe, options)
+        _write_bad_audio(bad, options)
+        return PreparedData(source, train, None, bad, options.protocol)
     train, train_bad = prepare_split(_limit_train(source.train, options.max_clips_per_fold), recipe, options)
     test, test_bad = prepare_test(recipe, source, options)
     bad = {**train_bad, **test_bad}
+    _write_bad_audio(bad, options)
+    return PreparedData(source, train, test, bad)
+
+
+def all_labelled_folds(source: DataSource) -> pd.DataFrame:
+    """Folds 1-10 with labels and salience, for the us8k-10fold protocol (the official layout only)."""
+    if source.all_folds is None:
+        raise UserError(f"--protocol us8k-10fold needs the official UrbanSound8K layout (metadata/UrbanSound8K.csv "
+                        f"with folds 1-10 labelled); {source.root} is in the {source.layout} layout, whose test "
+                        "clips have no folds. Use --protocol kaggle there, or point --data at the official layout.")
+    return source.all_folds
+
+
+def _write_bad_audio(bad: dict[str, str], options: TrainOptions) -> None:
+    """skipped_audio.csv lists the clips --skip-bad-audio dropped."""
     if bad and options.write_outputs and distributed.current().is_main:
         report = pd.DataFrame(sorted(bad.items()), columns=["path", "reason"])
         write_csv(report, Path(options.out) / "skipped_audio.csv")
-    return PreparedData(source, train, test, bad)
 
 
 def prepare_test(recipe: Recipe, source: DataSource, options: TrainOptions) -> tuple[Split, dict[str, str]]:

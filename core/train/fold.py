@@ -33,7 +33,7 @@ from core.train.options import TrainOptions
 from core.train.precision import LossScaler, autocast, configure_backends, resolve_device, resolve_precision
 from core.train.progress import TrainProgress
 from core.train.sam import SAM
-from core.train.schedules import build_schedule
+from core.train.schedules import Schedule, build_schedule
 
 import pandas as pd
 
@@ -84,8 +84,12 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + epoch) % 2 ** 31
 
 
-def build_for_training(recipe: Recipe, runtime: Runtime, seed: int, fold: int) -> torch.nn.Module:
-    """The recipe's model, freshly initialised from (seed, fold), on the run's device and memory format."""
+def build_on_device(recipe: Recipe, runtime: Runtime, seed: int = 0, fold: int = 0) -> torch.nn.Module:
+    """The recipe's model on the run's device and memory format, initialised from (seed, fold).
+
+    Training builds each fold's model from its own (seed, fold); inference builds one the same way
+    and then loads a checkpoint over it.
+    """
     torch.manual_seed(epoch_seed(seed, fold, 0))  # per-fold init, independent of earlier folds
     model = build_model(recipe).to(runtime.device)
     if runtime.channels_last:
@@ -121,112 +125,193 @@ def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_si
                        pin_memory=runtime.device.type == "cuda", replicas=replicas)
 
 
+@dataclass(frozen=True)
+class FoldSettings:
+    """Recipe + run options resolved once: the settings one fold run actually uses."""
+
+    epochs: int
+    seed: int
+    batch_size: int          # per process: the recipe's batch split over torchrun replicas
+    out: Path
+    writes: bool             # this process writes files (rank 0, outputs enabled)
+    runtime: Runtime
+
+    @classmethod
+    def resolve(cls, recipe: Recipe, options: TrainOptions) -> "FoldSettings":
+        training, replicas = recipe.training, distributed.current()
+        return cls(epochs=options.epochs or training.epochs,
+                   seed=training.seed if options.seed is None else options.seed,
+                   batch_size=distributed.per_replica_batch(training.batch_size, replicas),
+                   out=Path(options.out), writes=options.write_outputs and replicas.is_main,
+                   runtime=Runtime.from_options(options))
+
+
 def fold_fingerprint(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions) -> str:
     """What must match for a fold's resume state or finished outputs to belong to this run."""
-    training = recipe.training
+    settings = FoldSettings.resolve(recipe, options)
     replicas = distributed.current()
-    # Another process count changes every batch, so it is part of the run (one process keeps the old key).
-    world = {"world_size": replicas.world_size} if replicas.enabled else {}
-    return checkpoint.fingerprint(recipe, epochs=options.epochs or training.epochs,
-                                  seed=training.seed if options.seed is None else options.seed, fold=fold,
+    # Another process count changes every batch, so it is part of the run (one process keeps the old key);
+    # so does another protocol (the kaggle protocol keeps the old key).
+    extra = {"world_size": replicas.world_size} if replicas.enabled else {}
+    if data.protocol != "kaggle":
+        extra["protocol"] = data.protocol
+    return checkpoint.fingerprint(recipe, epochs=settings.epochs, seed=settings.seed, fold=fold,
                                   data=str(data.source.root), clips=len(data.train.table),
-                                  precision=Runtime.from_options(options).precision, **world)
+                                  precision=settings.runtime.precision, **extra)
+
+
+@dataclass
+class TrainingParts:
+    """The stateful objects of one fold's training (what a resume restores besides the counters)."""
+
+    model: torch.nn.Module
+    sam: SAM
+    schedule: Schedule
+    scaler: LossScaler
+
+    def state_dicts(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.sam.state_dict(),
+                "scheduler": self.schedule.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dicts(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.sam.load_state_dict(state["optimizer"])
+        self.schedule.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+@dataclass
+class ResumeState:
+    """Where a fold stands after its last finished epoch; saved every epoch as last_fold<k>.pt."""
+
+    epoch: int = 0
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def save(self, path: Path, solution: str, run_key: str, parts: TrainingParts) -> None:
+        checkpoint.save_torch_state(path, {
+            "solution": solution, "fingerprint": run_key, "epoch": self.epoch, **parts.state_dicts(),
+            "rng": checkpoint.rng_state(), "best_value": self.best_value, "best_epoch": self.best_epoch,
+            "history": self.history,
+        })
+
+    @classmethod
+    def restore(cls, path: Path, run_key: str, parts: TrainingParts, enabled: bool) -> "ResumeState":
+        """The state saved in `path` loaded into `parts` (rank 0 reads, every rank loads); fresh if none."""
+        if not enabled:  # no files at all (hyper-parameter trials)
+            return cls()
+        replicas = distributed.current()
+        state = distributed.broadcast_object(read_resume_state(path, run_key) if replicas.is_main else None)
+        if state is None:
+            return cls()
+        parts.load_state_dicts(state)
+        checkpoint.set_rng_state(state["rng"])
+        return cls(state["epoch"], state["best_value"], state["best_epoch"], list(state["history"]))
+
+    def record(self, epoch: int, value: float) -> bool:
+        """Count epoch `epoch` with selection value `value`; True if it is the new best.
+
+        Strict, as in the reference: ties keep the earlier epoch.
+        """
+        self.epoch = epoch
+        if value > self.best_value:
+            self.best_value, self.best_epoch = value, epoch
+            return True
+        return False
 
 
 def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
                on_epoch: Callable[[EpochRecord], None] | None = None,
                progress: TrainProgress | None = None) -> FoldResult:
-    """Train `recipe` with fold `fold` held out; resume from `out/last_fold<k>.pt` if present.
+    """Train fold training `fold` of the data's protocol; resume from `out/last_fold<k>.pt` if present.
 
-    Under torchrun every rank calls this; rank 0 alone writes files (see core/train/distributed.py).
+    Trains on the protocol's train folds and picks the best epoch on its validation fold (the
+    recipe's select_metric, strictly better only); a test fold is not touched here. Every epoch
+    saves the resume state; the best epoch also saves best_model_fold<k>.pt. Under torchrun every
+    rank calls this; rank 0 alone writes files (see core/train/distributed.py).
     """
-    training = recipe.training
-    runtime = Runtime.from_options(options)
+    settings = FoldSettings.resolve(recipe, options)
+    runtime, replicas = settings.runtime, distributed.current()
     configure_backends(runtime.device)
-    replicas = distributed.current()
-    writes = options.write_outputs and replicas.is_main
     progress = progress or TrainProgress(False)
-    epochs = options.epochs or training.epochs
-    seed = training.seed if options.seed is None else options.seed
-    out = Path(options.out)
-    batch_size = distributed.per_replica_batch(training.batch_size, replicas)
     if options.device_cache:
         check_device_cache_allowed(recipe.augment)
 
-    model = build_for_training(recipe, runtime, seed, fold)
-    if options.compile:
-        compile_backbone(model, options.compile_backend)
-    train_model = distributed.wrap_model(model, runtime.device) if replicas.enabled else model
-    sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, adaptive=training.adaptive,
-              lr=training.lr, weight_decay=training.weight_decay)
+    parts = build_training_parts(recipe, data, fold, options, settings)
+    train_model = distributed.wrap_model(parts.model, runtime.device) if replicas.enabled else parts.model
     train_rows, val_rows = data.fold_rows(fold)
     resident = make_resident(data.train, runtime.device) if options.device_cache else None
-    steps_per_epoch = len(train_batches(data, train_rows, recipe, batch_size, runtime, options, 0, resident,
-                                        workers=0))
-    schedule = build_schedule(sam.base_optimizer, training, epochs, steps_per_epoch)
-    scaler = LossScaler(enabled=runtime.precision == "fp16")
-
     run_key = fold_fingerprint(recipe, data, fold, options)
-    last_path = out / f"last_fold{fold}.pt"
-    best_path = out / f"best_model_fold{fold}.pt"
-    start_epoch, best_value, best_epoch, history = 1, -math.inf, 0, []
-    state = None
-    if options.write_outputs:
-        state = distributed.broadcast_object(read_resume_state(last_path, run_key) if replicas.is_main else None)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        sam.load_state_dict(state["optimizer"])
-        schedule.scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(state["rng"])
-        start_epoch, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
-        history = list(state["history"])
-        progress.log(f"fold {fold}: resuming after epoch {state['epoch']} (best {best_value:.4f} at epoch {best_epoch})")
+    last_path = settings.out / f"last_fold{fold}.pt"
+    state = ResumeState.restore(last_path, run_key, parts, options.write_outputs)
+    if state.epoch:
+        progress.log(f"fold {fold}: resuming after epoch {state.epoch} (best {state.best_value:.4f} at epoch "
+                     f"{state.best_epoch})")
 
-    progress.start("epochs", epochs, f"fold {fold} epochs")
-    progress.advance("epochs", completed=start_epoch - 1)
-    for epoch in range(start_epoch, epochs + 1):
-        started = time.perf_counter()
-        seed_all(epoch_seed(seed, fold, epoch))
-        loader = train_batches(data, train_rows, recipe, batch_size, runtime, options, epoch_seed(seed, fold, epoch),
-                               resident)
-        lr = sam.param_groups[0]["lr"]
-        train_loss, train_accuracy, skipped = run_epoch(train_model, sam, scaler, schedule, loader, recipe,
-                                                        runtime, epoch_seed(seed, fold, epoch), progress)
-        distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
-        val_probs, val_loss = predict(model, data.train, val_rows, batch_size, runtime, options, resident)
-        val_scores = score(data.train.labels()[val_rows], val_probs.argmax(axis=1))
-        if not schedule.per_batch:
-            schedule.scheduler.step()
-        value = val_scores.composite if training.select_metric == "composite" else val_scores.accuracy
-        improved = value > best_value  # strict, as in the reference: ties keep the earlier epoch
-        if improved:
-            best_value, best_epoch = value, epoch
-            if writes:
-                checkpoint.save_best(best_path, recipe, fold, epoch, val_scores.as_dict(), model)
-        record = EpochRecord(fold, epoch, lr, train_loss, train_accuracy, val_loss, val_scores.accuracy,
-                             val_scores.macro_f1, val_scores.composite, time.perf_counter() - started,
-                             skipped, improved)
-        history.append(asdict(record))
-        if writes:
-            write_csv(pd.DataFrame(history), out / f"history_fold{fold}.csv")
-            checkpoint.save_torch_state(last_path, {
-                "solution": recipe.name, "fingerprint": run_key, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": sam.state_dict(), "scheduler": schedule.scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": checkpoint.rng_state(), "best_value": best_value,
-                "best_epoch": best_epoch, "history": history,
-            })
-        progress.advance("epochs", stats=f"val acc {val_scores.accuracy:.3f} comp {val_scores.composite:.3f} "
-                                         f"best {best_value:.3f}@{best_epoch}")
-        progress.log(f"fold {fold} epoch {epoch}/{epochs}: lr {lr:.2e}, train loss {train_loss:.4f}, "
-                     f"val acc {val_scores.accuracy:.4f}, F1 {val_scores.macro_f1:.4f}, "
-                     f"composite {val_scores.composite:.4f}{' (best)' if improved else ''}, "
-                     f"{record.seconds:.0f}s")
+    progress.start("epochs", settings.epochs, f"fold {fold} epochs")
+    progress.advance("epochs", completed=state.epoch)
+    for epoch in range(state.epoch + 1, settings.epochs + 1):
+        record = run_one_epoch(recipe, data, fold, epoch, options, settings, parts, train_model, train_rows,
+                               val_rows, resident, state, progress)
+        if settings.writes:
+            write_csv(pd.DataFrame(state.history), settings.out / f"history_fold{fold}.csv")
+            state.save(last_path, recipe.name, run_key, parts)
         if on_epoch is not None:
             on_epoch(record)
-    best_row = next(row for row in history if row["epoch"] == best_epoch)
+    best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
     best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
-    return FoldResult(fold, best_epoch, best, history, run_key)
+    return FoldResult(fold, state.best_epoch, best, state.history, run_key)
+
+
+def build_training_parts(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
+                         settings: FoldSettings) -> TrainingParts:
+    """A fresh model (compiled if asked), SAM around AdamW, the schedule and the loss scaler of a fold."""
+    training, runtime = recipe.training, settings.runtime
+    model = build_on_device(recipe, runtime, settings.seed, fold)
+    if options.compile:
+        compile_backbone(model, options.compile_backend)
+    sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, adaptive=training.adaptive,
+              lr=training.lr, weight_decay=training.weight_decay)
+    train_rows, _ = data.fold_rows(fold)
+    # The device cache yields exactly the DataLoader's batches, so the loader's length is the step count.
+    steps_per_epoch = len(train_batches(data, train_rows, recipe, settings.batch_size, runtime, options, 0,
+                                        None, workers=0))
+    schedule = build_schedule(sam.base_optimizer, training, settings.epochs, steps_per_epoch)
+    return TrainingParts(model, sam, schedule, LossScaler(enabled=runtime.precision == "fp16"))
+
+
+def run_one_epoch(recipe: Recipe, data: PreparedData, fold: int, epoch: int, options: TrainOptions,
+                  settings: FoldSettings, parts: TrainingParts, train_model: torch.nn.Module,
+                  train_rows: np.ndarray, val_rows: np.ndarray, resident: ResidentSplit | None,
+                  state: ResumeState, progress: TrainProgress) -> EpochRecord:
+    """Train one epoch, validate, keep the best checkpoint; returns the epoch's record (also in state.history)."""
+    runtime, model, schedule = settings.runtime, parts.model, parts.schedule
+    started = time.perf_counter()
+    seed = epoch_seed(settings.seed, fold, epoch)
+    seed_all(seed)
+    loader = train_batches(data, train_rows, recipe, settings.batch_size, runtime, options, seed, resident)
+    lr = parts.sam.param_groups[0]["lr"]
+    train_loss, train_accuracy, skipped = run_epoch(train_model, parts.sam, parts.scaler, schedule, loader, recipe,
+                                                    runtime, seed, progress)
+    distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
+    val_probs, val_loss = predict(model, data.train, val_rows, settings.batch_size, runtime, options, resident)
+    val_scores = score(data.train.labels()[val_rows], val_probs.argmax(axis=1))
+    if not schedule.per_batch:
+        schedule.scheduler.step()
+    improved = state.record(epoch, getattr(val_scores, recipe.training.select_metric))
+    if improved and settings.writes:
+        checkpoint.save_best(settings.out / f"best_model_fold{fold}.pt", recipe, fold, epoch, val_scores.as_dict(),
+                             model)
+    record = EpochRecord(fold, epoch, lr, train_loss, train_accuracy, val_loss, val_scores.accuracy,
+                         val_scores.macro_f1, val_scores.composite, time.perf_counter() - started, skipped, improved)
+    state.history.append(asdict(record))
+    progress.advance("epochs", stats=f"val acc {val_scores.accuracy:.3f} comp {val_scores.composite:.3f} "
+                                     f"best {state.best_value:.3f}@{state.best_epoch}")
+    progress.log(f"fold {fold} epoch {epoch}/{settings.epochs}: lr {lr:.2e}, train loss {train_loss:.4f}, "
+                 f"val acc {val_scores.accuracy:.4f}, F1 {val_scores.macro_f1:.4f}, "
+                 f"composite {val_scores.composite:.4f}{' (best)' if improved else ''}, {record.seconds:.0f}s")
+    return record
 
 
 def read_resume_state(last_path: Path, run_key: str) -> dict | None:
@@ -236,8 +321,8 @@ def read_resume_state(last_path: Path, run_key: str) -> dict | None:
     state = checkpoint.load(last_path)
     if state.get("fingerprint") != run_key:
         raise UserError(f"{last_path} was written by a run with other settings (recipe, epochs, seed, data, "
-                        f"precision or number of processes). Use another --out, or delete {last_path.parent} "
-                        "to start over.")
+                        f"precision, protocol or number of processes). Use another --out, or delete "
+                        f"{last_path.parent} to start over.")
     return state
 
 

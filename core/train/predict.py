@@ -14,7 +14,7 @@ from core.errors import UserError
 from core.recipe import Recipe
 from core.train import checkpoint
 from core.train.data import WaveformDataset, make_loader, prepare_test
-from core.train.fold import Runtime, build_for_training
+from core.train.fold import Runtime, build_on_device
 from core.train.options import TrainOptions
 from core.train.precision import autocast, configure_backends
 from core.train.progress import TrainProgress
@@ -37,7 +37,7 @@ def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime) -> lis
     for path in paths:
         recipe = checkpoint.recipe_of(path)
         fold = int(path.stem.removeprefix("best_model_fold"))
-        model = build_for_training(recipe, runtime, 0, fold)
+        model = build_on_device(recipe, runtime, 0, fold)
         checkpoint.load_best_into(path, model, solution)
         models.append(FoldModel(fold, recipe, model.eval()))
     frontends = {m.recipe.frontend.sample_rate for m in models}, {m.recipe.frontend.num_samples for m in models}

@@ -39,11 +39,10 @@ def build_schedule(optimizer: torch.optim.Optimizer, training: Training, epochs:
         # ramps up during training; the fidelity rule keeps that schedule.
         return Schedule(OneCycleLR(optimizer, max_lr=training.lr, epochs=epochs,
                                    steps_per_epoch=steps_per_epoch, pct_start=training.pct_start), False)
-    if kind == "warmup_cosine_per_step":
-        warmup_steps = steps_per_epoch * training.warmup_epochs
-        total_steps = steps_per_epoch * epochs
-        return Schedule(LambdaLR(optimizer, _warmup_cosine_factor(warmup_steps, total_steps)), True)
-    raise ValueError(f"unknown schedule {kind!r} in the recipe")
+    # "warmup_cosine_per_step" (the recipe checked the schedule name when it was made)
+    warmup_steps = steps_per_epoch * training.warmup_epochs
+    total_steps = steps_per_epoch * epochs
+    return Schedule(LambdaLR(optimizer, _warmup_cosine_factor(warmup_steps, total_steps)), True)
 
 
 def _warmup_cosine_factor(warmup_steps: int, total_steps: int):

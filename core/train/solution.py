@@ -1,4 +1,9 @@
-"""Train a solution over its folds and write every output: per-fold CSVs, summary, plot, submission.
+"""Train a solution over its folds and write every output: per-fold CSVs, summary, plots, submission.
+
+Protocols (core/folds.py): "kaggle" writes per fold the test-split probabilities
+(best_model_fold<k>.csv), the OOF predictions of validation fold k and a fold-average submission;
+"us8k-10fold" writes per test fold k the probabilities of fold k's clips (test_fold<k>.csv), predicted
+by the checkpoint that fold k + 1 chose, and a summary of the mean +- std over the test folds.
 
 Several runs may share one output folder, each training other folds (`--folds k` on several
 machines or GPUs): a run locks its folds for its whole duration (a run asking for a fold another
@@ -25,7 +30,8 @@ from core.metrics import Scores, confusion, score
 from core.recipe import Recipe
 from core.train import checkpoint, distributed
 from core.train.data import PreparedData, prepare_data
-from core.train.fold import fold_fingerprint, FoldResult, Runtime, build_for_training, predict, train_fold
+from core.folds import ALL_FOLDS, fold_roles
+from core.train.fold import FoldResult, Runtime, build_on_device, fold_fingerprint, predict, train_fold
 from core.train.lock import folder_lock
 from core.train.options import TrainOptions
 from core.train.progress import TrainProgress
@@ -35,9 +41,11 @@ from core.train.progress import TrainProgress
 class SolutionSummary:
     solution: str
     folds: dict[int, dict]
-    cv_mean: dict[str, float]
+    cv_mean: dict[str, float]       # kaggle: validation scores; us8k-10fold: test-fold scores
     test: dict[str, float] | None
     submission: Path | None
+    protocol: str = "kaggle"
+    cv_std: dict[str, float] | None = None
 
 
 def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
@@ -50,7 +58,9 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
         if options.write_outputs:
             check_writable(options.submissions)
     progress = progress or (TrainProgress(options.progress) if main else quiet_progress())
-    folds = options.folds or recipe.training.folds
+    folds = options.folds or (recipe.training.folds if options.protocol == "kaggle" else ALL_FOLDS)
+    for fold in folds:  # an impossible fold is refused before any audio is cached
+        fold_roles(options.protocol, fold)
     with fold_locks(out, folds), progress.running():
         data = prepare_data(recipe, source, options)
         progress.start("folds", len(folds), "folds")
@@ -63,11 +73,40 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
                 if main:
                     (out / f"last_fold{fold}.pt").unlink(missing_ok=True)  # a kill can land between the two
             else:
-                result = train_fold(recipe, data, fold, options, progress=progress)
+                result = train_logged_fold(recipe, data, fold, options, progress)
                 write_fold_outputs(recipe, data, result, options)
+                if main and options.write_outputs:
+                    plot_fold_curves(recipe, out, [fold], out / f"curves_fold{fold}.png")
             progress.advance("folds")
         summary = write_solution_outputs(recipe, data, options) if main else None
         return distributed.broadcast_object(summary)
+
+
+def train_logged_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
+                      progress: TrainProgress) -> FoldResult:
+    """train_fold, with the epochs also written for TensorBoard when --tensorboard is given (rank 0)."""
+    if options.tensorboard is None or not distributed.current().is_main:
+        return train_fold(recipe, data, fold, options, progress=progress)
+    from core.train.fold import FoldSettings
+    from core.train.tensorboard import FoldScalars, hparams_of
+
+    scalars = FoldScalars(options.tensorboard, recipe, options.protocol, fold)
+    result = train_fold(recipe, data, fold, options, on_epoch=scalars.add_epoch, progress=progress)
+    settings = FoldSettings.resolve(recipe, options)
+    scalars.close(hparams_of(recipe, settings.epochs, settings.seed, options.protocol),
+                  getattr(result.best, recipe.training.select_metric), recipe.training.select_metric)
+    return result
+
+
+def plot_fold_curves(recipe: Recipe, out: Path, folds: list[int], path: Path) -> None:
+    """Training curves of `folds` from their history files (one fold, or all overlaid)."""
+    from core.plots import plot_curves
+
+    histories = {fold: pd.read_csv(out / f"history_fold{fold}.csv").to_dict("records") for fold in folds
+                 if (out / f"history_fold{fold}.csv").exists()}
+    if histories:
+        what = f"fold {folds[0]}" if len(folds) == 1 else f"folds {','.join(map(str, histories))}"
+        plot_curves(histories, f"{recipe.name}: training curves, {what}", path)
 
 
 def quiet_progress() -> TrainProgress:
@@ -78,7 +117,7 @@ def quiet_progress() -> TrainProgress:
 
 
 FOLD_FILES = ("best_model_fold{k}.pt", "best_model_fold{k}.csv", "oof_fold{k}.csv", "history_fold{k}.csv",
-              "result_fold{k}.json", "last_fold{k}.pt")
+              "result_fold{k}.json", "last_fold{k}.pt", "test_fold{k}.csv", "curves_fold{k}.png")
 
 
 @contextlib.contextmanager
@@ -103,29 +142,46 @@ def fold_locks(out: Path, folds: tuple[int, ...]) -> Iterator[None]:
 
 
 def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, options: TrainOptions) -> None:
-    """OOF and test probabilities of the fold's best checkpoint; the result file marks the fold done.
+    """The predictions of the fold's best checkpoint; the result file (written last) marks the fold done.
 
-    Under torchrun every rank predicts its shard with rank 0's checkpoint; rank 0 writes.
+    kaggle: OOF of validation fold k and the test split; us8k-10fold: test fold k. Under torchrun
+    every rank predicts its shard with rank 0's checkpoint; rank 0 writes.
     """
     out = Path(options.out)
     main = distributed.current().is_main
     runtime = Runtime.from_options(options)
-    model = build_for_training(recipe, runtime, 0, result.fold)
+    model = build_on_device(recipe, runtime, 0, result.fold)
     if main:
         checkpoint.load_best_into(out / f"best_model_fold{result.fold}.pt", model, recipe.name)
     distributed.broadcast_module(model)
     batch_size = distributed.per_replica_batch(recipe.training.batch_size, distributed.current())
+    roles = data.roles(result.fold)
+    fold_result = {"fold": result.fold, "protocol": data.protocol, "validation_fold": roles.validation,
+                   "best_epoch": result.best_epoch, **result.best.as_dict(), "epochs": len(result.history),
+                   "train_seconds": float(sum(row["seconds"] for row in result.history)),
+                   "fingerprint": result.fingerprint}
+    keys = ["slice_file_name", "fold", "classID"]
+    test_rows = data.test_rows(result.fold)
+    if test_rows is not None:  # us8k-10fold: the held-out fold, seen here for the first time
+        test_probs, _ = predict(model, data.train, test_rows, batch_size, runtime, options)
+        if not main:
+            return
+        table = data.train.table.iloc[test_rows][keys].reset_index(drop=True)
+        write_csv(with_probabilities(table, test_probs), out / f"test_fold{result.fold}.csv")
+        fold_result["test_fold"] = roles.test
+        fold_result["test"] = score(table["classID"].to_numpy(), test_probs.argmax(axis=1)).as_dict()
+        write_json(fold_result, out / f"result_fold{result.fold}.json")
+        (out / f"last_fold{result.fold}.pt").unlink(missing_ok=True)
+        return
     _, val_rows = data.fold_rows(result.fold)
     oof_probs, _ = predict(model, data.train, val_rows, batch_size, runtime, options)
     test_probs, _ = predict(model, data.test, np.arange(len(data.test.table)), batch_size, runtime, options)
     if not main:
         return
-    oof = data.train.table.iloc[val_rows][["slice_file_name", "fold", "classID"]].reset_index(drop=True)
+    oof = data.train.table.iloc[val_rows][keys].reset_index(drop=True)
     write_csv(with_probabilities(oof, oof_probs), out / f"oof_fold{result.fold}.csv")
     test = data.test.table[["ID"]].reset_index(drop=True)
     write_csv(with_probabilities(test, test_probs), out / f"best_model_fold{result.fold}.csv")
-    fold_result = {"fold": result.fold, "best_epoch": result.best_epoch, **result.best.as_dict(),
-                   "fingerprint": result.fingerprint}
     if has_labels(data):
         fold_result["test"] = score(test_labels(data), test_probs.argmax(axis=1)).as_dict()
     write_json(fold_result, out / f"result_fold{result.fold}.json")
@@ -150,6 +206,8 @@ def with_probabilities(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
 
 
 def has_labels(data: PreparedData) -> bool:
+    if data.test is None:
+        return False
     labels = data.test.table["classID"]
     return len(labels) > 0 and not labels.isna().any()
 
@@ -183,6 +241,9 @@ def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, 
     results = {fold: json.loads((out / f"result_fold{fold}.json").read_text()) for fold in folds}
     if not results:
         raise UserError(f"no finished fold in {out}")
+    plot_fold_curves(recipe, out, list(results), out / "curves.png")
+    if data.protocol == "us8k-10fold":
+        return write_ten_fold_summary(recipe, data, out, results)
     cv_mean = {key: float(np.mean([r[key] for r in results.values()])) for key in ("accuracy", "macro_f1", "composite")}
     oof = pd.concat([pd.read_csv(out / f"oof_fold{fold}.csv") for fold in results], ignore_index=True)
     oof_scores = score(oof["classID"].to_numpy(), oof["TARGET"].to_numpy())
@@ -198,7 +259,37 @@ def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, 
     submission_path = write_csv(submission, Path(options.submissions) / f"{recipe.name}.csv")
     test_scores = score(test_labels(data), submission["TARGET"].to_numpy()).as_dict() if has_labels(data) else None
     summary = SolutionSummary(recipe.name, results, cv_mean, test_scores, submission_path)
-    write_json({"solution": recipe.name, "folds": {str(k): v for k, v in results.items()}, "cv_mean": cv_mean,
-                "oof": oof_scores.as_dict(), "test_fold_average": test_scores,
-                "submission": str(submission_path)}, out / "summary.json")
+    write_json({"solution": recipe.name, "protocol": "kaggle", "folds": {str(k): v for k, v in results.items()},
+                "cv_mean": cv_mean, "oof": oof_scores.as_dict(), "test_fold_average": test_scores,
+                "submission": str(submission_path), "fold_leakage": data.source.fold_leakage}, out / "summary.json")
     return summary
+
+
+SCORE_KEYS = ("accuracy", "macro_f1", "composite")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) of fold scores."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def write_ten_fold_summary(recipe: Recipe, data: PreparedData, out: Path, results: dict[int, dict]) -> SolutionSummary:
+    """summary.json (per test fold, mean +- std over the folds present), pooled test confusion PNG."""
+    from core.plots import plot_confusion
+
+    stats = {key: mean_std([r["test"][key] for r in results.values()]) for key in SCORE_KEYS}
+    mean, std = {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}
+    pooled = pd.concat([pd.read_csv(out / f"test_fold{fold}.csv") for fold in results], ignore_index=True)
+    truth, predicted = pooled["classID"].to_numpy(), pooled["TARGET"].to_numpy()
+    pooled_scores = score(truth, predicted)
+    leakage = data.source.fold_leakage
+    plot_confusion(confusion(truth, predicted), CLASS_NAMES,
+                   f"{recipe.name}: us8k-10fold, test folds {','.join(map(str, results))} pooled "
+                   f"({len(results)} of {len(ALL_FOLDS)}), accuracy {pooled_scores.accuracy:.4f}"
+                   + (" - FOLD LEAKAGE ALLOWED" if leakage else ""), out / "test_confusion.png")
+    write_json({"solution": recipe.name, "protocol": "us8k-10fold", "folds_done": len(results),
+                "folds_total": len(ALL_FOLDS), "folds": {str(k): v for k, v in results.items()},
+                "mean": mean, "std": std, "std_kind": "sample standard deviation over the test folds (ddof 1)",
+                "pooled": pooled_scores.as_dict(), "fold_leakage": leakage}, out / "summary.json")
+    return SolutionSummary(recipe.name, results, mean, None, None, "us8k-10fold", std)

@@ -1,10 +1,12 @@
-"""Synthetic demo data: a Kaggle-layout set of procedurally generated urban sounds.
+"""Synthetic demo data: an UrbanSound8K-like set of procedurally generated urban sounds.
 
-`write_synthetic_dataset` (and `python -m core synth`) writes
+`write_synthetic_dataset` (and `python -m core synth`) writes the Kaggle layout
     metadata/kaggle_train.csv        slice_file_name,fsID,start,end,salience,fold,classID,class (folds 1-8)
     metadata/kaggle_test.csv         ID,slice_file_name,salience
     metadata/kaggle_test_labels.csv  ID,TARGET
     audio/fold<k>/*.wav, audio/test/*.wav
+or, with layout="official", UrbanSound8K's own: metadata/UrbanSound8K.csv (same columns, folds 1-10;
+the test clips become folds 9 and 10, alternately) and audio/fold1..10/*.wav.
 with the 10 UrbanSound8K classes, each from its own generator (below) with random pitch, rhythm,
 envelope and duration (0.3-4 s); salience 1 (foreground) or 2 (quieter, under ambience noise);
 22.05/44.1/48 kHz, mono and stereo, 16- and 24-bit PCM. The same seed gives the same bytes (each
@@ -16,6 +18,7 @@ The set is built in a hidden temporary folder and renamed into place when comple
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -30,13 +33,13 @@ import pandas as pd
 from core import CLASS_NAMES, NUM_CLASSES
 from core.atomic import exclusive_lock, write_csv
 from core.errors import UserError
+from core.folds import TEST_FOLDS, TRAIN_FOLDS
 
 SAMPLE_RATES = (22050, 44100, 48000)
 CHANNEL_COUNTS = (1, 2)
 SUBTYPES = ("PCM_16", "PCM_24")
 FORMATS = tuple(product(SAMPLE_RATES, CHANNEL_COUNTS, SUBTYPES))
-TRAIN_FOLDS = tuple(range(1, 9))
-TEST_FOLDS = (9, 10)
+LAYOUTS = ("kaggle", "official")
 MIN_SECONDS, MAX_SECONDS = 0.3, 4.0
 FOREGROUND_SHARE = 0.65           # UrbanSound8K: 5702 of 8732 clips are salience 1
 FULL_LENGTH_SHARE = (0.95, 0.5, 0.9, 0.6, 0.8, 0.95, 0.4, 0.8, 0.95, 1.0)  # per class: share of 4 s clips
@@ -70,8 +73,8 @@ class ClipPlan:
 
 def write_synthetic_dataset(out: Path, seed: int = 0, like: Path | None = None, clips_per_class_fold: int = 5,
                             test_clips_per_class: int = 20, *, workers: int | None = None,
-                            progress: bool = False) -> Path:
-    """Write a Kaggle-layout synthetic dataset to `out` (which must not exist or be empty); return `out`.
+                            progress: bool = False, layout: str = "kaggle") -> Path:
+    """Write a synthetic dataset in `layout` to `out` (which must not exist or be empty); return `out`.
 
     `like`: an UrbanSound8K.csv to mirror row for row (then the two clip counts are ignored).
     Built in a hidden sibling folder and renamed into place, so `out` is either absent or complete.
@@ -81,18 +84,23 @@ def write_synthetic_dataset(out: Path, seed: int = 0, like: Path | None = None, 
     _check_target(out)
     if clips_per_class_fold < 1 or test_clips_per_class < 1:
         raise UserError("--clips-per-class-fold and --test-clips-per-class must be at least 1")
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
     plans = plan_like(Path(like), seed) if like is not None else plan_default(seed, clips_per_class_fold,
                                                                                 test_clips_per_class)
+    if layout == "official":
+        plans = [plan if plan.fold is not None else dataclasses.replace(plan, fold=TEST_FOLDS[plan.test_id % 2])
+                 for plan in plans]
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock"):
-        if (out / "metadata" / "kaggle_train.csv").exists():
+        if any((out / "metadata" / name).exists() for name in ("kaggle_train.csv", "UrbanSound8K.csv")):
             return out  # a concurrent call finished the same build while we waited
         _check_target(out)
         building = out.parent / f".{out.name}.partial"
         if building.exists():
             shutil.rmtree(building)  # left by an interrupted build (we hold the lock)
         _render_all(plans, building, seed, workers=workers, progress=progress)
-        _write_metadata(plans, building)
+        (_write_metadata if layout == "kaggle" else _write_official_metadata)(plans, building)
         if out.exists():
             out.rmdir()
         os.replace(building, out)
@@ -238,20 +246,30 @@ def _render_all(plans: list[ClipPlan], folder: Path, seed: int, *, workers: int 
                 advance(written)
 
 
+def _clip_rows(plans: list[ClipPlan]) -> pd.DataFrame:
+    """UrbanSound8K.csv-style rows (the Kaggle train CSV has the same columns)."""
+    return pd.DataFrame({
+        "slice_file_name": [plan.slice_file_name for plan in plans],
+        "fsID": [plan.fs_id for plan in plans],
+        "start": [plan.start for plan in plans],
+        "end": [round(plan.start + plan.seconds, 6) for plan in plans],
+        "salience": [plan.salience for plan in plans],
+        "fold": [plan.fold for plan in plans],
+        "classID": [plan.class_id for plan in plans],
+        "class": [CLASS_NAMES[plan.class_id] for plan in plans],
+    })
+
+
+def _write_official_metadata(plans: list[ClipPlan], folder: Path) -> None:
+    """metadata/UrbanSound8K.csv: every clip with its fold (1-10) and label."""
+    write_csv(_clip_rows(plans), folder / "metadata" / "UrbanSound8K.csv")
+
+
 def _write_metadata(plans: list[ClipPlan], folder: Path) -> None:
     train = [plan for plan in plans if plan.fold is not None]
     test = sorted((plan for plan in plans if plan.fold is None), key=lambda plan: plan.test_id)
     metadata = folder / "metadata"
-    write_csv(pd.DataFrame({
-        "slice_file_name": [plan.slice_file_name for plan in train],
-        "fsID": [plan.fs_id for plan in train],
-        "start": [plan.start for plan in train],
-        "end": [round(plan.start + plan.seconds, 6) for plan in train],
-        "salience": [plan.salience for plan in train],
-        "fold": [plan.fold for plan in train],
-        "classID": [plan.class_id for plan in train],
-        "class": [CLASS_NAMES[plan.class_id] for plan in train],
-    }), metadata / "kaggle_train.csv")
+    write_csv(_clip_rows(train), metadata / "kaggle_train.csv")
     write_csv(pd.DataFrame({
         "ID": [plan.test_id for plan in test],
         "slice_file_name": [plan.slice_file_name for plan in test],

@@ -15,7 +15,7 @@ DEMO_TEST_CLIPS_PER_CLASS = 20  # 200 test clips, labelled
 
 def ensure_demo_data(root: Path = DEMO_DATA) -> Path:
     """Build the synthetic demo set once (the builder writes it atomically); reuse it afterwards."""
-    from core.data.synth import write_synthetic_dataset
+    from core.demo.synth import write_synthetic_dataset
 
     if not (root / "metadata" / "kaggle_train.csv").exists():
         write_synthetic_dataset(root, seed=DEMO_SEED, clips_per_class_fold=DEMO_CLIPS_PER_CLASS_FOLD,
