@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "core.commands.blend",
     "core.commands.predict",
     "core.commands.tune",
+    "core.commands.report",
+    "core.commands.classify",
 )
 
 for _module in COMMAND_MODULES:

@@ -133,3 +133,25 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, p
     axes.set_title(title, fontsize=10, wrap=True)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class (row-normalised)")
     return save_with_data(figure, path, {"title": title, "confusion": counts.tolist()})
+
+
+def plot_timeline(starts_s: np.ndarray, window_probs: np.ndarray, clip_seconds: float, duration_s: float,
+                  class_names: Sequence[str], title: str, path: str | os.PathLike) -> Path:
+    """Class probabilities over time: one row per class (by name), one column per window, drawn at the
+    window's centre and one hop wide; the darker, the more probable."""
+    figure = _figure(max(8.0, min(24.0, 2.0 + duration_s / 6.0)), 4.8)
+    axes = figure.add_subplot()
+    starts = np.asarray(starts_s, dtype=float)
+    centres = starts + min(clip_seconds, duration_s) / 2.0
+    edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2.0, [duration_s]]) if len(centres) > 1 \
+        else np.array([0.0, duration_s])
+    image = axes.pcolormesh(edges, np.arange(len(class_names) + 1) - 0.5, np.asarray(window_probs).T,
+                            cmap="magma_r", vmin=0.0, vmax=1.0, shading="flat")
+    axes.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    axes.set_xlabel("time (s): each column is a window, drawn around its centre")
+    axes.set_xlim(0.0, duration_s)
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, fraction=0.03, pad=0.02, label="probability")
+    return save_with_data(figure, path, {"title": title, "starts_s": starts.tolist(), "centres_s": centres.tolist(),
+                                         "classes": list(class_names),
+                                         "probabilities": np.asarray(window_probs).tolist()})

@@ -45,3 +45,39 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
+
+
+def save_fold_checkpoints(root: Path, name: str, folds=(1,), recipe=None) -> Path:
+    """`root/<name>/best_model_fold<k>.pt` of freshly initialised models whose BatchNorm statistics have
+    seen a few real-looking clips (a stand-in for trained checkpoints: same files, same loading path)."""
+    import torch
+
+    from core import registry
+    from core.model.network import build_model
+    from core.train import checkpoint
+
+    recipe = recipe or registry.get(name)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    clips = torch.stack([torch.from_numpy(demo_clip(index, recipe.frontend.sample_rate,
+                                                    recipe.frontend.num_samples)) for index in range(4)])
+    for fold in folds:
+        torch.manual_seed(fold)
+        model = build_model(recipe).train()
+        with torch.no_grad():
+            model(clips, torch.tensor([1, 2, 1, 2]))
+        checkpoint.save_best(folder / f"best_model_fold{fold}.pt", recipe, fold, 1, {}, model.eval())
+    return folder
+
+
+def demo_clip(index: int, sample_rate: int = 32000, num_samples: int = 128000, seconds: float = 4.0):
+    """A real-looking mono clip (the synthetic generator's class `index % 10`), float32 [num_samples]."""
+    import numpy as np
+
+    from core.data.audio import fit_length
+    from core.demo.synth import ClipPlan, render_clip
+
+    plan = ClipPlan(slice_file_name="x.wav", fs_id=1, start=0.0, seconds=seconds, salience=1 + index % 2,
+                    class_id=index % 10, fold=1, test_id=None, sample_rate=sample_rate, channels=1,
+                    subtype="PCM_16")
+    return fit_length(render_clip(plan, 0, index)[:, 0], num_samples).astype(np.float32)

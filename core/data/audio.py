@@ -89,13 +89,21 @@ def fit_length(signal: np.ndarray, num_samples: int) -> np.ndarray:
     return signal[start:start + num_samples]
 
 
+def load_signal(path: Path, sample_rate: int) -> np.ndarray:
+    """The whole recording at `path` as float32 mono at `sample_rate` (any length).
+
+    Raises AudioError with the reason when the file cannot be used.
+    """
+    mono, rate = read_mono(path)
+    return np.ascontiguousarray(resample(mono, rate, sample_rate), dtype=np.float32)
+
+
 def load_clip(path: Path, sample_rate: int, num_samples: int) -> np.ndarray:
     """The clip at `path` as float32 [num_samples]: mono, at `sample_rate`, padded or centre-cropped.
 
     Raises AudioError with the reason when the file cannot be used.
     """
-    mono, rate = read_mono(path)
-    return np.ascontiguousarray(fit_length(resample(mono, rate, sample_rate), num_samples), dtype=np.float32)
+    return np.ascontiguousarray(fit_length(load_signal(path, sample_rate), num_samples), dtype=np.float32)
 
 
 def _one_line(error: Exception) -> str:

@@ -38,15 +38,22 @@ class PCENFrontend(nn.Module):
             for _ in frontend.n_ffts
         )
 
+    def mel_energies(self, waveforms: Tensor) -> list[Tensor]:
+        """waveforms float [B, num_samples] -> one mel magnitude [B, n_mels, frames] per FFT size.
+
+        No trainable weights: models with the same mel settings can share this work (core/classify.py).
+        """
+        waveforms = waveforms.float()
+        with torch.no_grad():
+            return [mel(waveforms) for mel in self.mels]
+
+    def normalise(self, energies: list[Tensor]) -> Tensor:
+        """Mel energies -> PCEN features [B, channels, n_mels, frames]."""
+        return torch.stack([pcen(energy) for pcen, energy in zip(self.pcens, energies)], dim=1)
+
     def forward(self, waveforms: Tensor) -> Tensor:
         """waveforms: float [B, num_samples]. Returns PCEN features [B, channels, n_mels, frames]."""
-        waveforms = waveforms.float()
-        channels = []
-        for mel, pcen in zip(self.mels, self.pcens):
-            with torch.no_grad():
-                energy = mel(waveforms)
-            channels.append(pcen(energy))
-        return torch.stack(channels, dim=1)
+        return self.normalise(self.mel_energies(waveforms))
 
 
 def _concrete_device() -> contextlib.AbstractContextManager:
@@ -85,6 +92,10 @@ class AudioInput(nn.Module):
 
     def forward(self, waveforms: Tensor) -> Tensor:
         """waveforms [B, num_samples] -> normalised features [B, channels, n_mels, frames] (float32)."""
-        with torch.autocast(device_type=waveforms.device.type, enabled=False):
-            features = self.spec_augment(self.frontend(waveforms))
+        return self.from_energies(self.frontend.mel_energies(waveforms))
+
+    def from_energies(self, energies: list[Tensor]) -> Tensor:
+        """Mel energies (PCENFrontend.mel_energies) -> normalised features, in float32 under any autocast."""
+        with torch.autocast(device_type=energies[0].device.type, enabled=False):
+            features = self.spec_augment(self.frontend.normalise(energies))
             return self.input_bn(features)

@@ -16,9 +16,9 @@ from core.model.backbone import AudioBackbone
 from core.model.blocks import (AttentiveStatsPooling, BiGRU, FiLM, GlobalAveragePooling, SalienceEmbedding,
                                TemporalAttentiveStatsPooling)
 from core.model.frontend import AudioInput
+from core.folds import SALIENCE_VALUES
 from core.recipe import Head, Recipe
 
-SALIENCE_VALUES = (1, 2)  # UrbanSound8K metadata: 1 foreground, 2 background
 
 
 class AudioClassifier(nn.Module):
@@ -53,8 +53,19 @@ class AudioClassifier(nn.Module):
         embedding is then mixed at embedding level with gradient (the waveforms arrive already mixed).
         """
         waveforms = _as_batch_of_clips(waveforms)
-        condition = self.salience_vectors(salience, mix, len(waveforms)) if self.uses_salience else None
-        maps = self.backbone(self.audio_input(waveforms))
+        if self.uses_salience:
+            self.check_salience(salience, len(waveforms))
+        return self.forward_energies(self.mel_energies(waveforms), salience, mix)
+
+    def mel_energies(self, waveforms: Tensor) -> list[Tensor]:
+        """[B, num_samples] -> the frontend's mel magnitudes (no trainable weights; shareable between models)."""
+        return self.audio_input.frontend.mel_energies(waveforms)
+
+    def forward_energies(self, energies: list[Tensor], salience: Tensor | None = None,
+                         mix: tuple[float, Tensor] | None = None) -> Tensor:
+        """Mel energies -> logits, without input checks (`forward` checks; exported graphs check outside)."""
+        condition = self.salience(salience.long(), mix) if self.uses_salience else None
+        maps = self.backbone(self.audio_input.from_energies(energies))
         if self.film is not None:
             maps = self.film(maps, condition)
         sequence = maps.mean(dim=2)                                       # over frequency: [B, C, T]
@@ -65,8 +76,8 @@ class AudioClassifier(nn.Module):
             embedding = torch.cat([embedding, condition.to(embedding.dtype)], dim=1)
         return self.classifier(embedding)
 
-    def salience_vectors(self, salience: Tensor | None, mix: tuple[float, Tensor] | None, batch: int) -> Tensor:
-        """Validated salience -> (mixed) embedding vectors [B, dim]."""
+    def check_salience(self, salience: Tensor | None, batch: int) -> None:
+        """Salience must be an integer tensor [batch] of raw values 1 | 2; there is no default."""
         if salience is None:
             raise ValueError(f"{self.solution} fuses salience: pass salience (1 foreground, 2 background) for "
                              "every clip; there is no default")
@@ -78,7 +89,6 @@ class AudioClassifier(nn.Module):
             bad = sorted(set(salience[~valid].tolist()))
             raise ValueError(f"{self.solution}: salience values must be 1 (foreground) or 2 (background), "
                              f"got {bad}")
-        return self.salience(salience.long(), mix)
 
 
 def _as_batch_of_clips(waveforms: Tensor) -> Tensor:

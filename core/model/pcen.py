@@ -228,6 +228,31 @@ def pcen_loop(energy: Tensor, s: float, alpha: Tensor, delta: Tensor, r: Tensor,
     return (energy / ((eps + smoothed) ** alpha_c + denominator_eps) + delta_c) ** r_c - delta_c ** r_c
 
 
+def smoother_matrix(s: float, frames: int) -> Tensor:
+    """The smoother as one matrix W [T, T] (float32) with M = E @ W, for fixed-length inference graphs.
+
+    W[0, t] = (1 - s)^t carries the initial state M[0] = E[0]; W[k, t] = s (1 - s)^(t - k) for
+    1 <= k <= t. Built in float64; tiny powers are flushed to 0 as in the blocked scan.
+    """
+    decay = torch.tensor(1.0 - float(s), dtype=torch.float64)
+    steps = torch.arange(frames, dtype=torch.float64)
+    gaps = steps[None, :] - steps[:, None]                                   # t - k
+    weights = float(s) * _decay_powers(decay, gaps)
+    weights[0] = _decay_powers(decay, steps)
+    return weights.to(torch.float32)
+
+
+def pcen_plain(energy: Tensor, matrix: Tensor, alpha: Tensor, delta: Tensor, r: Tensor, eps: float,
+               denominator_eps: float) -> Tensor:
+    """PCEN in plain tensor ops (one matmul for the smoother): the inference path that exporters trace.
+
+    Same values as `pcen` to float32 rounding; no gradient tricks, no reused buffers.
+    """
+    smoothed = torch.matmul(energy, matrix)
+    alpha, delta, r = constrained(alpha, delta, r)
+    return (energy / ((eps + smoothed) ** alpha + denominator_eps) + delta) ** r - delta ** r
+
+
 class TrainablePCEN(nn.Module):
     """PCEN with shared trainable scalars alpha, delta, r and a fixed smoother buffer s (3 parameters)."""
 
@@ -243,8 +268,13 @@ class TrainablePCEN(nn.Module):
         self.eps = eps
         self.denominator_eps = denominator_eps
 
+        self.plain_ops = False  # True: trace-friendly plain ops (export); set by core.export
+
     def forward(self, energy: Tensor) -> Tensor:
         """energy: non-negative mel magnitudes [..., F, T] without grad. Returns PCEN of the same shape."""
+        if self.plain_ops:
+            matrix = smoother_matrix(float(self.s), energy.shape[-1]).to(energy.device)
+            return pcen_plain(energy, matrix, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
         return pcen(energy, self.s, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
 
     def extra_repr(self) -> str:

@@ -28,11 +28,20 @@ class FoldModel:
     model: torch.nn.Module
 
 
-def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime) -> list[FoldModel]:
-    """Every best_model_fold<k>.pt of a solution, each rebuilt from the recipe it was trained with."""
+def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
+                     folds: tuple[int, ...] | None = None) -> list[FoldModel]:
+    """Every best_model_fold<k>.pt of a solution (or those of `folds`), each rebuilt from its own recipe."""
     paths = sorted(solution_dir.glob("best_model_fold*.pt"), key=lambda p: int(p.stem.removeprefix("best_model_fold")))
     if not paths:
-        raise UserError(f"no checkpoints best_model_fold<k>.pt in {solution_dir}; train {solution} first")
+        raise UserError(f"no checkpoints best_model_fold<k>.pt in {solution_dir}; train {solution} first "
+                        f"(./run.sh {solution} --data DIR), or pass --solutions the folder that holds {solution}/")
+    if folds is not None:
+        found = {int(p.stem.removeprefix("best_model_fold")): p for p in paths}
+        absent = [fold for fold in folds if fold not in found]
+        if absent:
+            raise UserError(f"{solution_dir} has no checkpoint for fold(s) {', '.join(map(str, absent))}; "
+                            f"folds present: {', '.join(map(str, sorted(found)))}")
+        paths = [found[fold] for fold in folds]
     models = []
     for path in paths:
         recipe = checkpoint.recipe_of(path)

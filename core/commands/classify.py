@@ -1,0 +1,168 @@
+"""`classify`: classify recordings of any length; `export`: write a solution as one ONNX graph."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from core.commands.options import Device, Precision, Progress
+
+
+def register(app: typer.Typer) -> None:
+    app.command("classify")(classify)
+    app.command("export")(export)
+
+
+def classify(
+    sources: list[Path] = typer.Argument(..., help="Audio files and/or folders (searched recursively for the "
+                                                   "formats soundfile reads: wav, flac, ogg, aiff, ...)."),
+    solution: Optional[list[str]] = typer.Option(None, "--solution", help="A trained solution (repeat for several: "
+                                                                          "equal-weight blend)."),
+    recipe: Optional[Path] = typer.Option(None, help="A solution-level blend recipe TOML (\\[solutions] weights), "
+                                                     "as `blend` reads it."),
+    onnx: Optional[Path] = typer.Option(None, help="Run an exported model (`export`) with onnxruntime instead."),
+    solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
+    hop: float = typer.Option(1.0, help="Seconds between window starts in files longer than one clip."),
+    aggregate: str = typer.Option("mean", help="A file's probabilities from its windows: mean (how much of the "
+                                               "recording sounds like each class) | max (the strongest window per "
+                                               "class; rows need not sum to 1)."),
+    salience: str = typer.Option("marginal", help="For fusion solutions: marginal (average of salience 1 and 2: "
+                                                  "an even prior) | 1 (foreground) | 2 (background) | a CSV "
+                                                  "file,salience. Other solutions ignore it."),
+    batch_size: int = typer.Option(32, help="Windows per batch (windows of several files share a batch)."),
+    out: Optional[Path] = typer.Option(None, help="CSV, one row per file: file,duration_s,TARGET,<class names>."),
+    windows: Optional[Path] = typer.Option(None, help="CSV, one row per window: file,start_s,end_s,TARGET,..."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (files, probabilities, bad files) instead of a table."),
+    plot: Optional[Path] = typer.Option(None, help="Folder for a PNG timeline of each file longer than one clip."),
+    skip_bad_audio: bool = typer.Option(False, "--skip-bad-audio", help="Exit 0 although some files could not be "
+                                                                        "decoded (they are listed, without rows)."),
+    device: Device = "auto",
+    precision: Precision = "auto",
+    progress: Progress = True,
+) -> None:
+    """Classify each recording with every fold model of the solutions (or an exported ONNX model).
+
+    Files longer than the model's clip are cut into windows every --hop seconds (the last window ends at the end of the file); a file's probabilities aggregate its windows (--aggregate). TARGET is the most probable class's name. Files that cannot be decoded get no row and make the exit code 2 (0 with --skip-bad-audio).
+    """
+    import json
+    import sys
+
+    from rich.console import Console
+
+    from core.atomic import check_writable, write_csv
+    from core.classify import (classify_files, estimated_windows, file_frame, find_audio, onnx_predictor,
+                               parse_salience, torch_predictor, window_frame, write_timelines)
+    from core.errors import UserError
+
+    chosen = [option for option, value in (("--solution", solution), ("--recipe", recipe), ("--onnx", onnx)) if value]
+    if len(chosen) != 1:
+        raise UserError("give exactly one of --solution NAME (repeatable), --recipe FILE.toml or --onnx FILE.onnx"
+                        + (f"; got {' and '.join(chosen)}" if chosen else ""))
+    files = find_audio(sources)
+    for target in (out, windows):
+        if target is not None:
+            check_writable(target.parent if str(target.parent) else Path("."))
+    if plot is not None:
+        check_writable(plot)
+    policy = parse_salience(salience, files)
+    if onnx is not None:
+        spec = onnx_predictor(onnx)
+    else:
+        names, weights, method = blend_members(solution, recipe)
+        spec = torch_predictor(names, weights, method, solutions, device, precision)
+    console = Console(stderr=True)
+    clip_seconds = spec.num_samples / spec.sample_rate
+    show_bar = progress and estimated_windows(files, clip_seconds, hop) > 2 * batch_size
+    result = run_with_progress(files, spec, hop, aggregate, policy, batch_size, show_bar, console)
+    if out is not None:
+        write_csv(file_frame(result), out)
+    if windows is not None:
+        write_csv(window_frame(result), windows)
+    plotted = write_timelines(result, plot) if plot is not None else []
+    if as_json:
+        from core.classify import as_json as to_json
+
+        typer.echo(json.dumps(to_json(result), indent=2))
+    else:
+        table_console = Console()
+        print_table(result, spec.description, table_console if table_console.is_terminal else Console(width=200))
+    for path, reason in result.bad.items():
+        console.print(f"[bold red]could not classify[/] {path}: {reason}", highlight=False)
+    written = [str(p) for p in (out, windows) if p is not None] + ([f"{len(plotted)} timeline(s) in {plot}"]
+                                                                  if plot is not None else [])
+    if written:
+        console.print("wrote " + ", ".join(written), highlight=False)
+    if result.bad:
+        console.print(f"{len(result.bad)} of {len(files)} file(s) could not be decoded and got no row",
+                      highlight=False)
+        if not skip_bad_audio:
+            sys.exit(2)
+
+
+def blend_members(solution: list[str] | None, recipe: Path | None) -> tuple[list[str], list[float], str]:
+    """(solution names, weights, blend method) from --solution names or a solution-level blend recipe."""
+    from core.blend import load_recipe
+    from core.errors import UserError
+
+    if solution:
+        return list(dict.fromkeys(solution)), [1.0] * len(dict.fromkeys(solution)), "mean"
+    blend = load_recipe(recipe)
+    if not all(member.solution for member in blend.members):
+        raise UserError(f"{recipe}: classify needs a solution-level recipe (a [solutions] table of weights); this "
+                        "one lists probability CSV files, which belong to one test set")
+    if blend.method == "rank":
+        raise UserError(f"{recipe}: method 'rank' scores rows relative to the other rows of one test set; classify "
+                        "needs probabilities: use method 'mean' or 'geomean'")
+    return [m.name for m in blend.members], [m.weight for m in blend.members], blend.method
+
+
+def run_with_progress(files, spec, hop, aggregate, policy, batch_size, show_bar, console):
+    """classify_files with a bar over the files when there is more than a few batches of work."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from core.classify import classify_files
+
+    with Progress(TextColumn("classify"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, disable=not show_bar, transient=True) as bar:
+        task = bar.add_task("files", total=len(files))
+        return classify_files(files, spec, hop_seconds=hop, aggregate=aggregate, salience=policy,
+                              batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
+
+
+def print_table(result, description: str, console) -> None:
+    from rich.table import Table
+
+    from core import CLASS_NAMES
+    from core.classify import top_classes
+
+    table = Table(title=f"Classified with {description}")
+    for column in ("file", "duration", "windows", "1st", "2nd", "3rd"):
+        table.add_column(column, justify="right" if column in ("duration", "windows") else "left")
+    for f in result.files:
+        top = [f"{CLASS_NAMES[c]} {f.probs[c]:.2f}" for c in top_classes(f.probs)]
+        table.add_row(str(f.path), f"{f.duration_s:.2f} s", str(len(f.starts_s)), *top)
+    console.print(table)
+
+
+def export(
+    solution: str = typer.Argument(..., help="A trained solution (its checkpoints are in --solutions/<solution>)."),
+    out: Path = typer.Option(..., help="The ONNX file to write."),
+    folds: Optional[str] = typer.Option(None, help="Fold models to include, e.g. 1,3 [default: every one trained]."),
+    opset: Optional[int] = typer.Option(None, help="ONNX opset version [default: the exporter's]."),
+    solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
+) -> None:
+    """Write SOLUTION's fold models as one ONNX graph: raw mono waveforms [batch, num_samples] (+ salience
+    [batch] for fusion solutions) -> fold-averaged probabilities [batch, 10], mel + PCEN inside."""
+    from rich.console import Console
+
+    from core.atomic import check_writable
+    from core.commands.train import parse_folds
+    from core.export import export_onnx
+
+    check_writable(out.parent if str(out.parent) else Path("."))
+    exported = export_onnx(solutions / solution, solution, out, parse_folds(folds), opset)
+    inputs = "waveforms [batch, %d] float32" % exported.num_samples + (" + salience [batch] int64 (1|2)"
+                                                                        if exported.uses_salience else "")
+    Console(stderr=True).print(f"wrote {out}: {solution}, folds {','.join(map(str, exported.folds))}, {inputs} at "
+                               f"{exported.sample_rate} Hz -> probabilities [batch, 10]", highlight=False)

@@ -1,0 +1,108 @@
+"""export: one ONNX graph per solution (mel + PCEN inside) whose onnxruntime output equals PyTorch's."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from conftest import REPO, demo_clip, save_fold_checkpoints
+from core import CLASS_NAMES, registry
+from core.classify import SaliencePolicy, classify_files, onnx_predictor, torch_predictor
+from core.export import export_onnx, load_ensemble, read_metadata
+
+PARITY_ATOL = 1e-4  # max abs difference of probabilities, onnxruntime vs PyTorch eval mode
+
+
+def onnx_probabilities(path, waveforms: np.ndarray, salience: np.ndarray | None) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"waveforms": waveforms}
+    if salience is not None:
+        feeds["salience"] = salience
+    return session.run(None, feeds)[0]
+
+
+def check_parity(root, name: str, folds: tuple[int, ...], out) -> np.ndarray:
+    """Export `name`, run three real-looking clips (a batch size the export never saw) through both."""
+    exported = export_onnx(root / name, name, out)
+    ensemble, _ = load_ensemble(root / name, name)
+    frontend = registry.get(name).frontend
+    waveforms = np.stack([demo_clip(index, frontend.sample_rate, frontend.num_samples) for index in (2, 5, 8)])
+    salience = np.array([1, 2, 1], dtype=np.int64) if exported.uses_salience else None
+    with torch.no_grad():
+        expected = ensemble(torch.from_numpy(waveforms), None if salience is None else torch.from_numpy(salience))
+    got = onnx_probabilities(out, waveforms, salience)
+    assert got.shape == (3, 10)
+    difference = float(np.abs(got - expected.numpy()).max())
+    assert difference < PARITY_ATOL, f"{name}: max abs difference {difference:.2e}"
+    assert exported.folds == folds
+    return got
+
+
+@pytest.fixture(scope="module")
+def baseline_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("solutions")
+    save_fold_checkpoints(root, "resnet34_pcen_sam_8fold", folds=(1, 2))
+    out = root / "baseline.onnx"
+    check_parity(root, "resnet34_pcen_sam_8fold", (1, 2), out)
+    return root, out
+
+
+def test_baseline_parity_and_metadata(baseline_export):
+    root, out = baseline_export
+    metadata = read_metadata(out)
+    assert metadata["solution"] == "resnet34_pcen_sam_8fold" and metadata["folds"] == "1,2"
+    assert json.loads(metadata["class_names"]) == list(CLASS_NAMES)
+    assert (int(metadata["sample_rate"]), int(metadata["num_samples"])) == (32000, 128000)
+    assert metadata["inputs"] == "waveforms" and "salience" not in metadata
+
+
+def test_bigru_fusion_model_parity(tmp_path):
+    name = "resnet34_mr_salience_fusion_film_attention"
+    save_fold_checkpoints(tmp_path, name, folds=(4,))
+    check_parity(tmp_path, name, (4,), tmp_path / "mr.onnx")
+    metadata = read_metadata(tmp_path / "mr.onnx")
+    assert metadata["inputs"] == "waveforms,salience" and "1 = foreground" in metadata["salience"]
+
+
+def test_classify_through_onnx_equals_pytorch(baseline_export, tmp_path):
+    root, out = baseline_export
+    path = tmp_path / "long.wav"
+    soundfile.write(path, np.concatenate([demo_clip(i) for i in range(2)])[: 7 * 32000], 32000)
+    policy = SaliencePolicy("marginal")
+    ours = classify_files([path], torch_predictor(["resnet34_pcen_sam_8fold"], [1.0], "mean", root, device="cpu"),
+                          salience=policy).files[0]
+    exported = classify_files([path], onnx_predictor(out), salience=policy).files[0]
+    assert len(ours.starts_s) == len(exported.starts_s) == 4
+    np.testing.assert_allclose(exported.window_probs, ours.window_probs, atol=PARITY_ATOL)
+
+
+def test_the_example_runs_without_torch_or_this_repo(baseline_export, tmp_path):
+    _, out = baseline_export
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, demo_clip(6, 22050, 3 * 22050), 22050)
+    example = (REPO / "examples" / "onnx_classify.py").read_text()
+    assert "import torch" not in example and "from core" not in example and "import core" not in example
+    script = tmp_path / "onnx_classify.py"
+    script.write_text(example)
+    done = subprocess.run([sys.executable, "-I", str(script), str(out), str(path)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["windows"] == 1 and result["target"] in CLASS_NAMES
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", registry.names())
+def test_every_solution_exports_with_parity(name, tmp_path):
+    save_fold_checkpoints(tmp_path, name, folds=(1,))
+    check_parity(tmp_path, name, (1,), tmp_path / f"{name}.onnx")
+
+
