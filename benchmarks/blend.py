@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core import NUM_CLASSES, PROB_COLUMNS  # noqa: E402
 from core.atomic import write_csv  # noqa: E402
-from core.blend import BlendRecipe, blend, load_recipe, submission_frame  # noqa: E402
+from core.blend import BlendRecipe, blend, load_blend_recipe, submission_frame  # noqa: E402
 
 TARGET_SECONDS = 1.0
 ROWS = 1653
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--cli-repeats", type=int, default=3, help="end-to-end CLI runs (0: skip)")
     args = parser.parse_args()
 
-    recipe = load_recipe(RECIPE)
+    recipe = load_blend_recipe(RECIPE)
     with tempfile.TemporaryDirectory(prefix="blend-bench-") as scratch:
         root, out = Path(scratch) / "root", Path(scratch) / "out.csv"
         source = build_root(root, recipe)

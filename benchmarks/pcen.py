@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 # OpenMP's wait policy is the caller's (unset: workers spin briefly between parallel ops, as in a training
 # run). Idle, PASSIVE (sleeping workers) makes ours ~2x slower (each of its many parallel ops wakes them);
@@ -71,7 +68,7 @@ def measure(n_mels: int, n_fft: int, repeats: int) -> dict:
 
     max_diff = (run_ours() - run_loop()).abs().max().item()
     grad_diff = max(abs(a.grad.item() - b.grad.item()) / max(abs(b.grad.item()), 1.0)
-                    for a, b in zip((ours.alpha, ours.delta, ours.r), loop_params))
+                    for a, b in zip((ours.alpha, ours.delta, ours.r), loop_params, strict=True))
     loop_time, ours_time = median_seconds([run_loop, run_ours], repeats, warmup=3)
     return {"shape": list(energy.shape), "loop_ms": 1e3 * loop_time, "ours_ms": 1e3 * ours_time,
             "speedup": loop_time / ours_time, "max_abs_diff": max_diff, "grad_rel_diff": grad_diff}

@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def median_seconds(steps: list[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
@@ -16,7 +16,7 @@ def median_seconds(steps: list[Callable[[], object]], repeats: int, warmup: int 
             step()
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(repeats):
-        for step, record in zip(steps, times):
+        for step, record in zip(steps, times, strict=True):
             start = time.perf_counter()
             step()
             record.append(time.perf_counter() - start)

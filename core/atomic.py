@@ -7,8 +7,9 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import pandas as pd
 
@@ -147,13 +148,24 @@ def check_writable(directory: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `lock_path`: concurrent processes wait for one another."""
+def exclusive_lock(lock_path: str | os.PathLike, *, wait: bool = True,
+                   busy: Callable[[str], Exception] | None = None) -> Iterator[IO]:
+    """Hold an exclusive advisory lock (flock) on `lock_path`; yields the open lock file.
+
+    wait=True: concurrent processes wait for one another. wait=False: if another process holds it,
+    raise busy(text of the lock file). The kernel drops the lock of a process that dies, so a lock
+    is never stale, whatever the file still says.
+    """
     import fcntl
 
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    with open(lock_path, "a+") as handle:
         try:
-            yield
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            raise (busy or (lambda text: UserError(f"{lock_path} is locked by another process")))(
+                handle.read().strip()) from None
+        try:
+            yield handle
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,7 +93,7 @@ def check_method(method: str) -> str:
     return method
 
 
-def load_recipe(path: str | os.PathLike) -> BlendRecipe:
+def load_blend_recipe(path: str | os.PathLike) -> BlendRecipe:
     """Read a blend recipe TOML (`name`, `method`, `members` list or `[solutions]` weights)."""
     path = Path(path)
     if not path.is_file():
@@ -101,10 +102,10 @@ def load_recipe(path: str | os.PathLike) -> BlendRecipe:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid TOML ({error}). Fix the syntax.") from None
-    return parse_recipe(data, str(path), default_name=path.stem)
+    return parse_blend_recipe(data, str(path), default_name=path.stem)
 
 
-def parse_recipe(data: dict[str, Any], source: str, default_name: str = "blend") -> BlendRecipe:
+def parse_blend_recipe(data: dict[str, Any], source: str, default_name: str = "blend") -> BlendRecipe:
     """Validate a recipe mapping; one UserError lists every problem, naming `source`."""
     problems = [f"unknown key {key!r} (allowed: {', '.join(RECIPE_KEYS)})" for key in data if key not in RECIPE_KEYS]
     method = data.get("method", "mean")
@@ -127,7 +128,7 @@ def parse_recipe(data: dict[str, Any], source: str, default_name: str = "blend")
     return BlendRecipe(str(data.get("name", default_name)), method, tuple(members))
 
 
-def recipe_toml(recipe: BlendRecipe, comment: str = "") -> str:
+def blend_recipe_toml(recipe: BlendRecipe, comment: str = "") -> str:
     """The recipe as TOML text (`[solutions]` weights, or a `members` list), with a leading # comment."""
     import tomli_w
 
@@ -221,7 +222,7 @@ def blend(recipe: BlendRecipe, root: str | os.PathLike, allow_missing: bool = Fa
     predictions = scores.argmax(axis=1)
     changed = rows_changed(spaces, weights, recipe.method, predictions)
     reports = tuple(MemberReport(member, files[member], float(np.mean(probs.argmax(axis=1) == predictions)), count)
-                    for member, probs, count in zip(present, member_probs, changed))
+                    for member, probs, count in zip(present, member_probs, changed, strict=True))
     return BlendResult(replace(recipe, members=tuple(present)), ids, scores, predictions, reports, missing)
 
 
@@ -286,7 +287,7 @@ def weighted_mean(spaces: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     if len(spaces) != len(weights) or not spaces:
         raise ValueError(f"need one weight per member and at least one member, got {len(spaces)} and {len(weights)}")
     total = np.zeros_like(spaces[0])
-    for space, weight in zip(spaces, weights):
+    for space, weight in zip(spaces, weights, strict=True):
         total += weight * space
     return total / float(sum(weights))
 

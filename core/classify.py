@@ -17,9 +17,9 @@ sum to 1).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,7 +68,7 @@ def parse_salience(option: str, files: Sequence[Path]) -> SaliencePolicy:
     if not {"file", "salience"} <= set(table.columns):
         raise UserError(f"{path}: the salience CSV needs the columns file,salience (found {', '.join(table.columns)})")
     by_file: dict[str, int] = {}
-    for line, (name, value) in enumerate(zip(table["file"], table["salience"]), start=2):
+    for line, (name, value) in enumerate(zip(table["file"], table["salience"], strict=True), start=2):
         if value.strip() not in ("1", "2"):
             raise UserError(f"{path} line {line}: salience {value!r} must be 1 (foreground) or 2 (background)")
         candidate = Path(name.strip())
@@ -183,7 +183,7 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     name = next(iter(rates))
     return ModelSpec(rates[name], lengths[name], predict, any(e.uses_salience for e in ensembles),
                      " + ".join(f"{n} ({w:g})" if len(solution_names) > 1 else n
-                                for n, w in zip(solution_names, weights)))
+                                for n, w in zip(solution_names, weights, strict=True)))
 
 
 def check_same_input(rates: dict[str, int], lengths: dict[str, int]) -> None:
@@ -278,7 +278,7 @@ def classify_files(files: Sequence[Path], spec: ModelSpec, *, hop_seconds: float
             by_values.setdefault(salience.values_for(files[item.file_index]), []).append(item)
         for values, items in by_values.items():
             batch = np.stack([cut_window(item.signal, item.start, clip) for item in items])
-            for item, probs in zip(items, spec.predict(batch, values)):
+            for item, probs in zip(items, spec.predict(batch, values), strict=True):
                 window_probs[item.file_index].append(probs)
 
     for index, path in enumerate(files):
@@ -314,7 +314,7 @@ def classify_files(files: Sequence[Path], spec: ModelSpec, *, hop_seconds: float
 def file_frame(result: Classification) -> pd.DataFrame:
     """One row per file: file,duration_s,TARGET (class name),<class names...>."""
     rows = [{"file": str(f.path), "duration_s": round(f.duration_s, 6), "TARGET": CLASS_NAMES[f.target],
-             **dict(zip(CLASS_NAMES, map(float, f.probs)))} for f in result.files]
+             **dict(zip(CLASS_NAMES, map(float, f.probs), strict=True))} for f in result.files]
     return pd.DataFrame(rows, columns=["file", "duration_s", "TARGET", *CLASS_NAMES])
 
 
@@ -322,11 +322,11 @@ def window_frame(result: Classification) -> pd.DataFrame:
     """One row per window: file,start_s,end_s,TARGET (class name),<class names...>."""
     rows = []
     for f in result.files:
-        for start, probs in zip(f.starts_s, f.window_probs):
+        for start, probs in zip(f.starts_s, f.window_probs, strict=True):
             rows.append({"file": str(f.path), "start_s": round(float(start), 6),
                          "end_s": round(min(float(start) + result.clip_seconds, f.duration_s)
                                         if f.duration_s > result.clip_seconds else f.duration_s, 6),
-                         "TARGET": CLASS_NAMES[int(np.argmax(probs))], **dict(zip(CLASS_NAMES, map(float, probs)))})
+                         "TARGET": CLASS_NAMES[int(np.argmax(probs))], **dict(zip(CLASS_NAMES, map(float, probs), strict=True))})
     return pd.DataFrame(rows, columns=["file", "start_s", "end_s", "TARGET", *CLASS_NAMES])
 
 
@@ -335,7 +335,7 @@ def as_json(result: Classification, top: int = 3) -> dict:
     return {
         "files": [{"file": str(f.path), "duration_s": f.duration_s, "target": CLASS_NAMES[f.target],
                    "top": [[CLASS_NAMES[c], float(f.probs[c])] for c in top_classes(f.probs, top)],
-                   "probabilities": dict(zip(CLASS_NAMES, map(float, f.probs))), "windows": len(f.starts_s)}
+                   "probabilities": dict(zip(CLASS_NAMES, map(float, f.probs), strict=True)), "windows": len(f.starts_s)}
                   for f in result.files],
         "bad": [{"file": path, "reason": reason} for path, reason in result.bad.items()],
     }
@@ -363,7 +363,7 @@ def write_timelines(result: Classification, folder: Path) -> list[Path]:
 
     longer = [f for f in result.files if f.duration_s > result.clip_seconds]
     written = []
-    for (_, png), f in zip(plot_names([f.path for f in longer], folder), longer):
+    for (_, png), f in zip(plot_names([f.path for f in longer], folder), longer, strict=True):
         written.append(plot_timeline(f.starts_s, f.window_probs, result.clip_seconds, f.duration_s, CLASS_NAMES,
                                      f"{f.path.name}: class probabilities per {result.clip_seconds:g} s window",
                                      png))

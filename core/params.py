@@ -16,20 +16,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.atomic import write_text
 from core.errors import UserError, format_problems
 from core.recipe import Recipe
-
-# In the order the reference search samples them (the order matters for reproducing TPE draws).
-SEARCHED_NAMES = (
-    "n_mels", "freq_mask_ratio", "batch_size", "dropout_rate", "warmup_epochs", "n_fft",
-    "hop_length", "lr", "sam_rho", "mixup_alpha", "weight_decay", "time_mask_param",
-)
-INT_NAMES = frozenset({"n_mels", "batch_size", "warmup_epochs", "n_fft", "hop_length", "time_mask_param"})
-DERIVED_NAMES = ("freq_mask_param",)
 
 # The conditions every trial of the reference search trained under; params found there only mean
 # the same thing under them (warmup_epochs needs the warm-up schedule), so they travel together.
@@ -56,21 +50,52 @@ def _dropout(value: float) -> bool:
     return 0 <= value < 1
 
 
-# name -> (rule, what the rule says), checked on every value that is read, written or applied
-VALUE_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "n_mels": (_positive, "> 0"),
-    "freq_mask_ratio": (_fraction, "in [0, 1]"),
-    "batch_size": (_positive, "> 0"),
-    "dropout_rate": (_dropout, "in [0, 1)"),
-    "warmup_epochs": (_non_negative, ">= 0"),
-    "n_fft": (_positive, "> 0"),
-    "hop_length": (_positive, "> 0"),
-    "lr": (_positive, "> 0"),
-    "sam_rho": (_non_negative, ">= 0"),
-    "mixup_alpha": (_non_negative, ">= 0"),
-    "weight_decay": (_non_negative, ">= 0"),
-    "time_mask_param": (_non_negative, ">= 0"),
-}
+@dataclass(frozen=True)
+class SearchedParameter:
+    """One hyper-parameter of the reference search: its type, its rule, its range and its recipe field.
+
+    space: ("choice", values) | ("float", low, high[, log[, step]]) | ("int", low, high): the
+    reference's range (ResNet/optuna/optuna.py, ../shared/spec/optuna.md section 7).
+    field: (recipe section, field) that the value sets, converted by `to_recipe`; None for
+    freq_mask_ratio, which sets augment.freq_mask = int(n_mels * ratio).
+    """
+
+    name: str
+    integer: bool
+    rule: Callable[[float], bool]
+    meaning: str
+    space: tuple
+    field: tuple[str, str] | None
+    to_recipe: Callable[[Any], Any] = int
+
+
+def _one_fft(value: int) -> tuple[int, ...]:
+    return (value,)
+
+
+# The one table: params parsing, validation, application and the search space all read it. In the
+# order the reference search samples them (the order matters for reproducing TPE draws).
+PARAMETERS: tuple[SearchedParameter, ...] = (
+    SearchedParameter("n_mels", True, _positive, "> 0", ("choice", (64, 80, 128)), ("frontend", "n_mels")),
+    SearchedParameter("freq_mask_ratio", False, _fraction, "in [0, 1]", ("float", 0.10, 0.35), None, float),
+    SearchedParameter("batch_size", True, _positive, "> 0", ("choice", (64, 128, 256)), ("training", "batch_size")),
+    SearchedParameter("dropout_rate", False, _dropout, "in [0, 1)", ("float", 0.0, 0.5, False, 0.1),
+                      ("head", "dropout"), float),
+    SearchedParameter("warmup_epochs", True, _non_negative, ">= 0", ("int", 0, 5), ("training", "warmup_epochs")),
+    SearchedParameter("n_fft", True, _positive, "> 0", ("choice", (1024, 2048)), ("frontend", "n_ffts"), _one_fft),
+    SearchedParameter("hop_length", True, _positive, "> 0", ("choice", (320, 512, 640)), ("frontend", "hop_length")),
+    SearchedParameter("lr", False, _positive, "> 0", ("float", 1e-4, 5e-3, True), ("training", "lr"), float),
+    SearchedParameter("sam_rho", False, _non_negative, ">= 0", ("float", 0.02, 0.10), ("training", "rho"), float),
+    SearchedParameter("mixup_alpha", False, _non_negative, ">= 0", ("float", 0.5, 2.0), ("augment", "mixup_alpha"),
+                      float),
+    SearchedParameter("weight_decay", False, _non_negative, ">= 0", ("float", 1e-4, 1e-1, True),
+                      ("training", "weight_decay"), float),
+    SearchedParameter("time_mask_param", True, _non_negative, ">= 0", ("int", 30, 90), ("augment", "time_mask")),
+)
+BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
+SEARCHED_NAMES = tuple(BY_NAME)
+INT_NAMES = frozenset(parameter.name for parameter in PARAMETERS if parameter.integer)
+DERIVED_NAMES = ("freq_mask_param",)
 
 
 def freq_mask_width(n_mels: int, freq_mask_ratio: float) -> int:
@@ -88,9 +113,9 @@ def value_problems(name: str, value: Any) -> list[str]:
         return [f"{name}: {value} does not fit a 64-bit integer"]
     if not math.isfinite(value):
         return [f"{name}: expected a finite number, got {value!r}"]
-    rule, meaning = VALUE_RULES[name]
-    if not rule(value):
-        return [f"{name}: must be {meaning}, got {value!r}"]
+    parameter = BY_NAME[name]
+    if not parameter.rule(value):
+        return [f"{name}: must be {parameter.meaning}, got {value!r}"]
     return []
 
 
@@ -140,34 +165,16 @@ def apply_params(recipe: Recipe, params: dict[str, Any], *, origin: str = "param
                         "(one input channel each); one n_fft would change the network, so leave n_fft out")
     if problems:
         raise UserError(format_problems(f"{origin} cannot be applied to {recipe.name or 'the recipe'}:", problems))
-    frontend: dict[str, Any] = {}
-    augment: dict[str, Any] = {}
-    training: dict[str, Any] = dict(SEARCH_CONTEXT["training"])
-    head: dict[str, Any] = {}
-    if "n_mels" in params:
-        frontend["n_mels"] = params["n_mels"]
-    if "n_fft" in params:
-        frontend["n_ffts"] = (params["n_fft"],)
-    if "hop_length" in params:
-        frontend["hop_length"] = params["hop_length"]
+    sections: dict[str, dict[str, Any]] = {"frontend": {}, "augment": {}, "training": dict(SEARCH_CONTEXT["training"]),
+                                           "head": {}}
+    for parameter in PARAMETERS:
+        if parameter.name in params and parameter.field is not None:
+            section, field_name = parameter.field
+            sections[section][field_name] = parameter.to_recipe(params[parameter.name])
     if "freq_mask_ratio" in params:
         n_mels = params.get("n_mels", recipe.frontend.n_mels)
-        augment["freq_mask"] = freq_mask_width(n_mels, params["freq_mask_ratio"])
-    if "time_mask_param" in params:
-        augment["time_mask"] = params["time_mask_param"]
-    if "mixup_alpha" in params:
-        augment["mixup_alpha"] = float(params["mixup_alpha"])
-    for name in ("batch_size", "warmup_epochs"):
-        if name in params:
-            training[name] = params[name]
-    for name in ("lr", "weight_decay"):
-        if name in params:
-            training[name] = float(params[name])
-    if "sam_rho" in params:
-        training["rho"] = float(params["sam_rho"])
-    if "dropout_rate" in params:
-        head["dropout"] = float(params["dropout_rate"])
-    applied = recipe.derive(frontend=frontend, augment=augment, training=training, head=head)
+        sections["augment"]["freq_mask"] = freq_mask_width(n_mels, params["freq_mask_ratio"])
+    applied = recipe.derive(**sections)
     problems = spectrogram_problems(applied)
     if problems:
         raise UserError(format_problems(f"{origin} cannot be applied to {recipe.name or 'the recipe'}:", problems))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -55,13 +55,13 @@ def plot_curves(histories: Mapping[int, Sequence[Mapping]], title: str, path: st
     overlay = len(histories) > 1
     colours = [f"C{index % 10}" for index in range(len(histories))]
     data: dict = {"title": title, "folds": {}}
-    for colour, (fold, records) in zip(colours, histories.items()):
+    for colour, (fold, records) in zip(colours, histories.items(), strict=True):
         epochs = [int(row["epoch"]) for row in records]
         best = [int(row["epoch"]) for row in records if bool(row["best"])]
         chosen = best[-1] if best else None
         data["folds"][str(fold)] = {"epoch": epochs, "chosen_epoch": chosen}
-        for axes, (panel, series) in zip(panels, CURVE_PANELS):
-            for style, (column, label) in zip(("-", "--", ":"), series):
+        for axes, (_, series) in zip(panels, CURVE_PANELS, strict=True):
+            for style, (column, label) in zip(("-", "--", ":"), series, strict=False):
                 values = [float(row[column]) for row in records]
                 data["folds"][str(fold)][column] = values
                 name = f"fold {fold}" if overlay else label
@@ -70,8 +70,8 @@ def plot_curves(histories: Mapping[int, Sequence[Mapping]], title: str, path: st
                 if chosen is not None and column != "lr":
                     axes.plot([chosen], [values[epochs.index(chosen)]], "o", color=colour if overlay else "black",
                               markersize=5)
-    for axes, (panel, series) in zip(panels, CURVE_PANELS):
-        styles = ", ".join(f"{label} {line}" for (_, label), line in zip(series, ("solid", "dashed", "dotted")))
+    for axes, (panel, series) in zip(panels, CURVE_PANELS, strict=True):
+        styles = ", ".join(f"{label} {line}" for (_, label), line in zip(series, ("solid", "dashed", "dotted"), strict=False))
         axes.set_title(panel if not overlay or len(series) == 1 else f"{panel}: {styles}", fontsize=10)
         axes.set_xlabel("epoch")
         axes.grid(alpha=0.3)
@@ -89,7 +89,7 @@ def plot_bars(labels: Sequence[str], means: Sequence[float | None], stds: Sequen
     heights = [m if m is not None else 0.0 for m in means]
     errors = [s if s is not None else 0.0 for s in stds]
     axes.bar(positions, heights, yerr=errors, capsize=4, color=["C0" if m is not None else "lightgrey" for m in means])
-    for position, mean in zip(positions, means):
+    for position, mean in zip(positions, means, strict=True):
         axes.text(position, (mean or 0.0) + 0.01, "no results" if mean is None else f"{mean:.3f}", ha="center",
                   va="bottom", fontsize=8)
     axes.set_xticks(positions, labels, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
@@ -126,7 +126,7 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], title: str, p
                       fontsize=8, color="white" if share > 0.55 else "black")
     labels = [f"{index} {name}" for index, name in enumerate(class_names)]
     axes.set_xticks(range(classes), labels, rotation=40, ha="right", rotation_mode="anchor", fontsize=9)
-    row_labels = [f"{label} (n={total:g})" for label, total in zip(labels, row_totals[:, 0])]
+    row_labels = [f"{label} (n={total:g})" for label, total in zip(labels, row_totals[:, 0], strict=True)]
     axes.set_yticks(range(classes), row_labels, fontsize=9)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class (n = clips)")

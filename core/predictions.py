@@ -271,7 +271,7 @@ def _first_rows(problem: str, rows: np.ndarray, keys: np.ndarray, describe) -> s
 
 
 def _bad_cells(frame: pd.DataFrame, row: int, mask: np.ndarray) -> str:
-    return ", ".join(f"{column}={_shown(frame[column].iloc[row])}" for column, bad in zip(PROB_COLUMNS, mask) if bad)
+    return ", ".join(f"{column}={_shown(frame[column].iloc[row])}" for column, bad in zip(PROB_COLUMNS, mask, strict=True) if bad)
 
 
 def _shown(value: object) -> str:

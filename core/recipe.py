@@ -197,7 +197,7 @@ class Recipe:
     training: Training = field(default_factory=Training)
     demo: Demo = field(default_factory=Demo)
 
-    def derive(self, **changes: Any) -> "Recipe":
+    def derive(self, **changes: Any) -> Recipe:
         """A copy with `changes` applied; a dict for a section updates only the named fields.
 
         >>> base.derive(frontend=dict(n_mels=128), training=dict(epochs=200))

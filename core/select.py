@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Selection:
 
     def chosen(self) -> list[tuple[str, int]]:
         """(solution, weight) of the solutions in the blend, in pool order."""
-        return [(solution.name, weight) for solution, weight in zip(self.pool, self.weights) if weight > 0]
+        return [(solution.name, weight) for solution, weight in zip(self.pool, self.weights, strict=True) if weight > 0]
 
 
 def find_solutions(root: str | os.PathLike) -> list[str]:
@@ -71,7 +71,7 @@ def load_solution_oof(root: str | os.PathLike, name: str) -> SolutionOof:
         raise UserError(f"{folder}: no oof_fold<k>.csv files. Train the solution or leave it out.")
     tables = [read_oof(files[fold]) for fold in sorted(files)]
     problems = [f"{table.path}: fold column holds {sorted(set(table.folds.tolist()))}, expected only {fold}"
-                for fold, table in zip(sorted(files), tables) if (table.folds != fold).any()]
+                for fold, table in zip(sorted(files), tables, strict=True) if (table.folds != fold).any()]
     if problems:
         raise UserError(format_problems(f"{folder}: OOF files disagree with their names:", problems)
                         + "\nEach oof_fold<k>.csv must hold the clips of held-out fold k; regenerate them.")
@@ -143,7 +143,7 @@ def select(root: str | os.PathLike, max_steps: int, names: Sequence[str] | None 
     labels = pool[0].labels
     single_scores = tuple(score(labels, solution.probs.argmax(axis=1)) for solution in pool)
     weights, steps = greedy_selection([solution.probs for solution in pool], labels, max_steps)
-    blended = sum(weight * solution.probs for weight, solution in zip(weights, pool) if weight > 0)
+    blended = sum(weight * solution.probs for weight, solution in zip(weights, pool, strict=True) if weight > 0)
     return Selection(pool, single_scores, tuple(int(weight) for weight in weights),
                      tuple((pool[index].name, composite) for index, composite in steps),
                      score(labels, blended.argmax(axis=1)))
@@ -151,7 +151,7 @@ def select(root: str | os.PathLike, max_steps: int, names: Sequence[str] | None 
 
 def selection_recipe(selection: Selection, name: str) -> BlendRecipe:
     """A solution-level mean blend with the selected weights; refused if a chosen solution has no test files."""
-    untestable = [solution.name for solution, weight in zip(selection.pool, selection.weights)
+    untestable = [solution.name for solution, weight in zip(selection.pool, selection.weights, strict=True)
                   if weight > 0 and solution.test_files == 0]
     if untestable:
         raise UserError(f"chosen solution(s) without best_model_fold*.csv test predictions: {', '.join(untestable)}; "

@@ -72,7 +72,7 @@ def main() -> None:
         runs.append(session.run(["probabilities"], feeds)[0])
     probabilities = np.mean(runs, axis=0).mean(axis=0)
     print(json.dumps({"file": args.audio, "windows": len(batch), "target": classes[int(np.argmax(probabilities))],
-                      "probabilities": dict(zip(classes, map(float, probabilities)))}))
+                      "probabilities": dict(zip(classes, map(float, probabilities), strict=True))}))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ Deviations from the reference:
 - Centre crop uses integer division (the reference's `/` crashed on clips longer than 4 s).
 - Unreadable audio stops the run (or is dropped with --skip-bad-audio), never zero-filled.
 - On CUDA with AMP, both SAM passes step on unscaled gradients and a step with inf is skipped.
+- On CUDA, training defaults to bf16 autocast (fp16 before Ampere) where the reference trained in
+  fp32; `--precision fp32` restores it.
+- The waveforms are decoded once into a float16 cache (the reference decoded float32 every epoch): a
+  relative error below 5e-4 (about -66 dB) per sample; predictions match decoding (tested).
 """
 from core.recipe import Augment, Backbone, Frontend, Head, Recipe, Training
 from core.registry import register

@@ -22,10 +22,10 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import subprocess_env
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import subprocess_env
 from core import NUM_CLASSES, PROB_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -585,11 +585,11 @@ def test_training_lists_every_broken_clip_and_writes_nothing(tiny_data, tmp_path
     train = pd.read_csv(data / "metadata" / "kaggle_train.csv")
     first_of_fold = train.groupby("fold").head(1).reset_index(drop=True)
     replaced = {}
-    for (name, (content, reason)), row in zip(sorted(bad_audio().items()), first_of_fold.itertuples()):
+    for (_name, (content, reason)), row in zip(sorted(bad_audio().items()), first_of_fold.itertuples(), strict=True):
         path = data / "audio" / f"fold{row.fold}" / row.slice_file_name
         path.write_bytes(content)
         replaced[str(path.resolve())] = reason
-    for (name, path), row in zip(write_good_audio(tmp_path).items(), first_of_fold.iloc[len(replaced):].itertuples()):
+    for (_name, path), row in zip(write_good_audio(tmp_path).items(), first_of_fold.iloc[len(replaced):].itertuples(), strict=True):
         shutil.copyfile(path, data / "audio" / f"fold{row.fold}" / row.slice_file_name)
     out = tmp_path / "out"
     with isolated_run(tmp_path, stage="core.train.solution.train_fold"):  # caching runs, training must not

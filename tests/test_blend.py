@@ -11,8 +11,16 @@ import pandas as pd
 import pytest
 
 from core import NUM_CLASSES, PROB_COLUMNS
-from core.blend import (BlendRecipe, Member, blend, combine, load_recipe, parse_recipe, recipe_toml,
-                        submission_frame)
+from core.blend import (
+    BlendRecipe,
+    Member,
+    blend,
+    blend_recipe_toml,
+    combine,
+    load_blend_recipe,
+    parse_blend_recipe,
+    submission_frame,
+)
 from core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,13 +71,13 @@ def random_probs(rows: int, seed: int) -> np.ndarray:
 
 
 def files_recipe(*names: str, method: str = "mean") -> BlendRecipe:
-    return parse_recipe({"members": list(names), "method": method}, "test")
+    return parse_blend_recipe({"members": list(names), "method": method}, "test")
 
 
 # --- the 91.3 submission on the public predictions ---------------------------------------------------
 
 def test_top12_recipe_lists_the_documented_members_in_order():
-    recipe = load_recipe(TOP12)
+    recipe = load_blend_recipe(TOP12)
     assert (recipe.name, recipe.method) == ("top12", "mean")
     assert [member.name for member in recipe.members] == DOCUMENTED_TOP12
     assert all(member.weight == 1.0 and not member.solution for member in recipe.members)
@@ -265,8 +273,10 @@ def test_members_are_aligned_by_id_not_by_row(tmp_path):
 
 def test_rows_are_normalised_before_averaging(tmp_path):
     # Raw sums vote class 1 ([0.42, 0.61]); normalised rows vote class 0 ([0.533, 0.467]).
-    a = np.zeros((1, NUM_CLASSES)); a[0, :2] = [0.02, 0.01]
-    b = np.zeros((1, NUM_CLASSES)); b[0, :2] = [0.4, 0.6]
+    a = np.zeros((1, NUM_CLASSES))
+    a[0, :2] = [0.02, 0.01]
+    b = np.zeros((1, NUM_CLASSES))
+    b[0, :2] = [0.4, 0.6]
     write_probs(tmp_path / "a/best_model_fold1.csv", a)
     write_probs(tmp_path / "b/best_model_fold1.csv", b)
     result = blend(files_recipe("a/best_model_fold1.csv", "b/best_model_fold1.csv"), tmp_path)
@@ -319,18 +329,18 @@ def test_solution_level_recipe_weights_the_mean_of_each_solutions_folds(tmp_path
     (tmp_path / "sol_a/oof_fold1.csv").write_text("not a member\n")  # only best_model_fold*.csv count
     recipe_path = tmp_path / "r.toml"
     recipe_path.write_text('name = "pair"\nmethod = "mean"\n[solutions]\nsol_a = 2.0\nsol_b = 1\n')
-    result = blend(load_recipe(recipe_path), tmp_path)
+    result = blend(load_blend_recipe(recipe_path), tmp_path)
     expected = (2 * (a1 + a2) / 2 + b1) / 3
     np.testing.assert_allclose(result.scores, expected)
     assert [len(report.files) for report in result.reports] == [2, 1]
 
 
 def test_member_tables_carry_weights_and_the_toml_round_trips(tmp_path):
-    recipe = parse_recipe({"name": "w", "members": ["a/x.csv", {"path": "b/y.csv", "weight": 2.5}]}, "test")
+    recipe = parse_blend_recipe({"name": "w", "members": ["a/x.csv", {"path": "b/y.csv", "weight": 2.5}]}, "test")
     assert [(m.name, m.weight) for m in recipe.members] == [("a/x.csv", 1.0), ("b/y.csv", 2.5)]
-    assert parse_recipe(tomllib.loads(recipe_toml(recipe, "comment")), "again") == recipe
+    assert parse_blend_recipe(tomllib.loads(blend_recipe_toml(recipe, "comment")), "again") == recipe
     solutions = BlendRecipe("s", "rank", (Member("a", 3.0, True), Member("b", 1.0, True)))
-    assert parse_recipe(tomllib.loads(recipe_toml(solutions)), "again") == solutions
+    assert parse_blend_recipe(tomllib.loads(blend_recipe_toml(solutions)), "again") == solutions
 
 
 @pytest.mark.parametrize("data, fragment", [
@@ -345,7 +355,7 @@ def test_member_tables_carry_weights_and_the_toml_round_trips(tmp_path):
 ])
 def test_invalid_recipes_are_refused(data, fragment):
     with pytest.raises(UserError) as caught:
-        parse_recipe(data, "bad.toml")
+        parse_blend_recipe(data, "bad.toml")
     assert "bad.toml" in str(caught.value) and fragment in str(caught.value)
 
 
@@ -386,9 +396,12 @@ def test_rank_averages_scaled_average_ranks():
 
 
 def test_method_option_switches_the_cli_blend(tmp_path):
-    a = np.zeros((2, NUM_CLASSES)); a[:, 0], a[:, 1] = 0.9, 0.1
-    b = np.zeros((2, NUM_CLASSES)); b[:, 1], b[:, 2] = 0.5, 0.5
-    a[:, 2:] += 1e-9; b[:, 3:] += 1e-9  # keep rows valid; classes near zero dominate the geometric mean
+    a = np.zeros((2, NUM_CLASSES))
+    a[:, 0], a[:, 1] = 0.9, 0.1
+    b = np.zeros((2, NUM_CLASSES))
+    b[:, 1], b[:, 2] = 0.5, 0.5
+    a[:, 2:] += 1e-9  # keep rows valid; classes near zero dominate the geometric mean
+    b[:, 3:] += 1e-9
     write_probs(tmp_path / "a/best_model_fold1.csv", a)
     write_probs(tmp_path / "b/best_model_fold1.csv", b)
     targets = {}

@@ -9,12 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
-
 from conftest import REPO, demo_clip, save_fold_checkpoints, subprocess_env
+
 from core import CLASS_NAMES
 from core.blend import combine
-from core.classify import (SaliencePolicy, classify_files, cut_window, file_frame, find_audio, torch_predictor,
-                           window_frame, window_starts)
+from core.classify import (
+    SaliencePolicy,
+    classify_files,
+    cut_window,
+    find_audio,
+    torch_predictor,
+    window_frame,
+    window_starts,
+)
 from core.errors import UserError
 
 RATE, CLIP = 32000, 128000

@@ -6,18 +6,7 @@ import subprocess
 import sys
 
 from conftest import REPO, subprocess_env
-
-REFERENCE_PARAMS = {
-    "resnet34_pcen_sam_8fold": (None, 21_283_535),
-    "resnet34_pcen_sam_8f_200e": ("resnet34_pcen_sam_8fold", 21_283_535),
-    "resnet34_attention": ("resnet34_pcen_sam_8f_200e", 21_466_327),
-    "resnet34_pcen_salience_fusion_attention": ("resnet34_attention", 21_467_095),
-    "resnet34_pcen_salience_fusion_attention_e128": ("resnet34_pcen_salience_fusion_attention", 21_467_863),
-    "resnet34_salience_fusion_film_attention": ("resnet34_pcen_salience_fusion_attention", 21_533_015),
-    "resnet34_mr_salience_fusion_film_attention": ("resnet34_salience_fusion_film_attention", 23_835_741),
-    "wideresnet": ("resnet34_mr_salience_fusion_film_attention", 67_981_393),
-    "res2net50": ("wideresnet", 24_797_273),
-}
+from reference import REFERENCE
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -29,9 +18,9 @@ def test_solutions_json_lists_the_lineage_with_reference_parameter_counts():
     done = cli("solutions", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
-    assert [row["name"] for row in rows] == list(REFERENCE_PARAMS)
+    assert [row["name"] for row in rows] == list(REFERENCE)
     for row in rows:
-        parent, params = REFERENCE_PARAMS[row["name"]]
+        parent, params = REFERENCE[row["name"]]
         assert (row["parent"], row["params"]) == (parent, params), row["name"]
 
 
@@ -39,9 +28,9 @@ def test_solutions_tree_shows_the_chain_from_baseline_to_res2net():
     done = cli("solutions", "--tree")
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "params)" in line]
-    depth = {name: next(i for i, line in enumerate(lines) if f" {name} (" in line) for name in REFERENCE_PARAMS}
+    depth = {name: next(i for i, line in enumerate(lines) if f" {name} (" in line) for name in REFERENCE}
     indent = {name: len(lines[i]) - len(lines[i].lstrip("│├└─ ")) for name, i in depth.items()}
-    chain = [name for name in REFERENCE_PARAMS if not name.endswith("_e128")]
+    chain = [name for name in REFERENCE if not name.endswith("_e128")]
     assert [indent[name] for name in chain] == sorted(indent[name] for name in chain)
     assert len(set(indent[name] for name in chain)) == len(chain)  # each one level below its parent
 

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import subprocess_env
+from test_speed_equivalence import CPU_FP32, TINY_CHANGES, TINY_SOLUTION, tiny_recipe
+
 from core.errors import UserError
 from core.model.network import build_model
 from core.train import distributed
@@ -32,7 +33,6 @@ from core.train.fold import sam_step
 from core.train.mixup import Mix
 from core.train.precision import LossScaler
 from core.train.sam import SAM
-from test_speed_equivalence import CPU_FP32, TINY_CHANGES, TINY_SOLUTION, tiny_recipe
 
 HALF = 4                                  # clips per rank in the SAM-step test; the global batch is 8
 HALF_MIX_INDEX = torch.tensor([2, 0, 3, 1])  # each rank's mixup partners (a permutation of its own clips)
@@ -272,16 +272,17 @@ def test_folds_spread_over_concurrent_runs_share_one_output_folder(tiny_data, tm
 
 
 def test_a_fold_being_trained_elsewhere_is_refused_and_other_folds_are_not(tiny_data, tmp_path):
+    from test_resume import hold_lock
+
     from core.data.metadata import load_source
     from core.train.options import TrainOptions
     from core.train.solution import train_solution
 
     out = tmp_path / "out"
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    lock = out / ".locks" / "fold1" / ".lock"
+    lock.parent.mkdir(parents=True)
+    sleeper = hold_lock(lock)
     try:
-        lock = out / ".locks" / "fold1" / ".lock"
-        lock.parent.mkdir(parents=True)
-        lock.write_text(str(sleeper.pid))
         options = TrainOptions(out=out, submissions=tmp_path / "submissions", folds=(1,), epochs=1, device="cpu",
                                precision="fp32", progress=False)
         with pytest.raises(UserError, match=f"fold 1 of .* is being trained by another run.*PID {sleeper.pid}"):

@@ -2,8 +2,8 @@
 from pathlib import Path
 
 from core import registry
-from core.model.network import count_parameters
 from core.demo.profile import apply_demo_profile
+from core.model.network import count_parameters
 from core.train.options import TrainOptions
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from conftest import REPO, demo_clip, save_fold_checkpoints
+
 from core import CLASS_NAMES, registry
 from core.classify import SaliencePolicy, classify_files, onnx_predictor, torch_predictor
 from core.export import export_onnx, load_ensemble, read_metadata

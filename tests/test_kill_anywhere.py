@@ -19,16 +19,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import subprocess_env
+
 from core import PROB_COLUMNS
 
 SOLUTION = "resnet34_pcen_sam_8fold"

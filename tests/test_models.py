@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import REFERENCE_PARAMS
 from torch import nn
 
 from core import registry
 from core.model.backbone import AudioBackbone
-from core.model.blocks import (CBAM, AttentiveStatsPooling, BiGRU, DeepAudioStem, FiLM, SalienceEmbedding,
-                               TemporalAttentiveStatsPooling)
+from core.model.blocks import (
+    CBAM,
+    AttentiveStatsPooling,
+    BiGRU,
+    DeepAudioStem,
+    FiLM,
+    SalienceEmbedding,
+    TemporalAttentiveStatsPooling,
+)
 from core.model.frontend import SpecAugment
 from core.model.network import AudioClassifier, build_model, count_parameters
 from core.recipe import Augment, Backbone
@@ -17,18 +25,6 @@ from core.train.sam import SAM
 
 CLIP = 128000  # 4 s at 32 kHz
 
-# Reference parameter counts of the modules used in the forward pass (../shared/spec/README.md).
-REFERENCE_PARAMS = {
-    "resnet34_pcen_sam_8fold": 21_283_535,
-    "resnet34_pcen_sam_8f_200e": 21_283_535,
-    "resnet34_attention": 21_466_327,
-    "resnet34_pcen_salience_fusion_attention": 21_467_095,
-    "resnet34_pcen_salience_fusion_attention_e128": 21_467_863,
-    "resnet34_salience_fusion_film_attention": 21_533_015,
-    "resnet34_mr_salience_fusion_film_attention": 23_835_741,
-    "wideresnet": 67_981_393,
-    "res2net50": 24_797_273,
-}
 # Frontend output and last feature map for a [2, 128000] batch (spec shape tables).
 REFERENCE_SHAPES = {
     "resnet34_pcen_sam_8fold": ((2, 1, 64, 401), (2, 512, 2, 13)),
@@ -69,7 +65,7 @@ def test_every_documented_solution_is_registered_in_lineage_order():
     names = registry.names()
     assert set(names) == set(REFERENCE_PARAMS)
     assert [name for name in names if name in LINEAGE] == LINEAGE
-    for child, parent in zip(LINEAGE[1:], LINEAGE):
+    for child, parent in zip(LINEAGE[1:], LINEAGE, strict=True):
         assert registry.get(child).parent == parent
     assert registry.get("resnet34_pcen_salience_fusion_attention_e128").parent == \
         "resnet34_pcen_salience_fusion_attention"

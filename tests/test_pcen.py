@@ -71,7 +71,7 @@ def test_gradients_equal_autograd_through_the_loop(raw, denominator_eps):
     ours, reference = scalars(*raw), scalars(*raw)
     (pcen(energy, S_FLOAT32, *ours, denominator_eps=denominator_eps, chunk_elements=3000) * upstream).sum().backward()
     (pcen_loop(energy, S_FLOAT32, *reference, denominator_eps=denominator_eps) * upstream).sum().backward()
-    for mine, theirs in zip(ours, reference):
+    for mine, theirs in zip(ours, reference, strict=True):
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-9, atol=1e-9)
 
 
@@ -105,7 +105,7 @@ def test_chunking_does_not_change_the_result_or_the_gradients(denominator_eps):
         chunked = pcen(energy, S_FLOAT32, *params, denominator_eps=denominator_eps, chunk_elements=chunk_elements)
         (chunked * upstream).sum().backward()
         torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)
-        for mine, theirs in zip(params, whole_params):
+        for mine, theirs in zip(params, whole_params, strict=True):
             torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-12, atol=1e-12)
 
 
@@ -135,3 +135,15 @@ def test_energy_with_gradient_is_refused():
 def test_invalid_smoother_coefficient_is_refused():
     with pytest.raises(ValueError, match="hop, sample rate and T"):
         TrainablePCEN(0.0)
+
+
+def test_the_inference_paths_equal_the_fused_kernel():
+    """'plain' (one matmul smoother: what ONNX export traces) and 'loop' (the reference recursion)."""
+    from core.model.pcen import TrainablePCEN
+
+    pcen_module = TrainablePCEN(1 / 6, denominator_eps=1e-6)
+    energy = torch.rand(3, 64, 401, generator=torch.Generator().manual_seed(0)) * 5
+    fused = pcen_module(energy)
+    for ops in ("plain", "loop"):
+        pcen_module.ops = ops
+        torch.testing.assert_close(pcen_module(energy), fused, atol=2e-6, rtol=1e-5)

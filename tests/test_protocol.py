@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import SHARED
+
 from core import PROB_COLUMNS, registry
 from core.data.metadata import FoldLeakageError, fold_leakage, load_source
 from core.errors import UserError
@@ -81,7 +81,7 @@ def test_the_test_fold_never_chooses_the_epoch(official, tmp_path):
     tests = [pd.read_csv(out / "test_fold3.csv") for out in (clean_out, corrupt_out)]
     np.testing.assert_allclose(tests[0][PROB_COLUMNS], tests[1][PROB_COLUMNS], atol=1e-6)  # same predictions ...
     assert (tests[0]["classID"] != tests[1]["classID"]).all()                              # ... other labels
-    for run, table in zip((clean, corrupt), tests):  # each scored against its own labels
+    for run, table in zip((clean, corrupt), tests, strict=True):  # each scored against its own labels
         assert run.folds[3]["test"]["accuracy"] == pytest.approx(np.mean(table["classID"] == table["TARGET"]))
 
     result = json.loads((clean_out / "result_fold3.json").read_text())

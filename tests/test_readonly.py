@@ -15,18 +15,18 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_bad_input import assert_refused, isolated_run, probability_text, run_cli
 
 from core.atomic import OutputWriteError, UnwritableFolder, check_writable, save_torch, write_csv, write_json
 from core.errors import UserError
-from test_bad_input import assert_refused, isolated_run, probability_text, run_cli
 
 SOLUTION = "resnet34_pcen_sam_8fold"
 
@@ -217,9 +217,19 @@ def test_blend_onto_a_full_disk_exits_2_naming_the_output_and_keeps_the_old_one(
 def test_disk_full_during_training_stops_cleanly_and_resumes_once_space_is_freed(tiny_data, tmp_path_factory):
     """The output disk fills up in epoch 2 of fold 1: a one-line error naming the checkpoint, the epoch-1
     files intact, and after the disk grows the same command resumes and ends like an uninterrupted run."""
-    from test_kill_anywhere import (RunFolder, Setup, TINY_PARAMS, assert_finished_cleanly,
-                                    assert_no_partial_file, assert_same_outputs, log_tail, run_to_end, start,
-                                    stop, train_command)
+    from test_kill_anywhere import (
+        TINY_PARAMS,
+        RunFolder,
+        Setup,
+        assert_finished_cleanly,
+        assert_no_partial_file,
+        assert_same_outputs,
+        log_tail,
+        run_to_end,
+        start,
+        stop,
+        train_command,
+    )
 
     params = tmp_path_factory.mktemp("params") / "tiny.toml"
     params.write_text(TINY_PARAMS)

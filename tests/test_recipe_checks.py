@@ -6,8 +6,8 @@ import sys
 import typing
 
 import pytest
-
 from conftest import REPO, subprocess_env
+
 from core import registry
 from core.metrics import Scores
 from core.recipe import Backbone, Demo, Fusion, Head, Recipe, RecipeError, SelectMetric, Training, _choice_fields

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO, subprocess_env
+
 from core.plots import read_plot_data
-from core.report import build_report, report_markdown, write_report
+from core.report import build_report, report_markdown
 
 ROOT, CHILD, GRANDCHILD = "resnet34_pcen_sam_8fold", "resnet34_pcen_sam_8f_200e", "resnet34_attention"
 

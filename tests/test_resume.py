@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import subprocess_env
+
 from core.errors import UserError
 from core.train.lock import folder_lock
 
@@ -62,22 +62,31 @@ def test_killed_then_resumed_equals_uninterrupted(tiny_data, tmp_path, isolated_
     pd.testing.assert_frame_equal(straight_history, resumed_history)
 
 
+def hold_lock(path) -> subprocess.Popen:
+    """Another process holding the flock on `path` (with its PID written in, as folder_lock does)."""
+    code = ("import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.truncate(0); f.write(str(os.getpid())); f.flush(); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_lock(tmp_path / ".lock")
     try:
-        (tmp_path / ".lock").write_text(str(sleeper.pid))
-        with pytest.raises(UserError, match=f"PID {sleeper.pid}"):
+        with pytest.raises(UserError, match=f"PID {holder.pid}"):
             with folder_lock(tmp_path):
                 pass
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
 
 
 def test_a_stale_lock_is_taken_over(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / ".lock").write_text(str(dead.pid))
+    holder = hold_lock(tmp_path / ".lock")
+    holder.kill()  # dies holding the lock: the kernel releases it, the file still names it
+    holder.wait()
+    assert (tmp_path / ".lock").read_text() == str(holder.pid)
     with folder_lock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
-    assert not (tmp_path / ".lock").exists()
+    assert (tmp_path / ".lock").read_text() == ""  # released: no owner named

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_input import assert_refused, isolated_run, run_cli
 
 from core import registry
 from core.errors import UserError
 from core.train import checkpoint
-from test_bad_input import assert_refused, isolated_run, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTION = "resnet34_pcen_sam_8fold"

@@ -80,12 +80,12 @@ def test_selection_starts_with_the_clearly_best_solution_and_ignores_the_copy(po
     selection = select(root, max_steps=15)
     names = [solution.name for solution in selection.pool]
     assert names == ["medium", "strong", "weak", "weak_copy"]
-    singles = {name: scores.composite for name, scores in zip(names, selection.single_scores)}
+    singles = {name: scores.composite for name, scores in zip(names, selection.single_scores, strict=True)}
     for name in names:
         assert singles[name] == pytest.approx(oof_composite(root, name))
     assert max(singles, key=singles.get) == "strong"
     assert selection.steps[0] == ("strong", pytest.approx(singles["strong"]))
-    weights = dict(zip(names, selection.weights))
+    weights = dict(zip(names, selection.weights, strict=True))
     assert weights["strong"] == max(weights.values())
     assert weights["weak_copy"] == 0  # identical to weak, which comes first in name order
     assert selection.scores.composite >= singles["strong"]
@@ -94,7 +94,7 @@ def test_selection_starts_with_the_clearly_best_solution_and_ignores_the_copy(po
     # The copy changes nothing: the same selection without it.
     shutil.rmtree(root / "weak_copy")
     without_copy = select(root, max_steps=15)
-    assert dict(zip([s.name for s in without_copy.pool], without_copy.weights)) == {
+    assert dict(zip([s.name for s in without_copy.pool], without_copy.weights, strict=True)) == {
         name: weight for name, weight in weights.items() if name != "weak_copy"}
 
 

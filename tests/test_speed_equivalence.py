@@ -21,8 +21,15 @@ from core.errors import UserError
 from core.model.network import build_model
 from core.recipe import Recipe
 from core.train import checkpoint
-from core.train.data import (ResidentBatches, WaveformDataset, check_device_cache_allowed, check_device_cache_fits,
-                             make_loader, make_resident, prepare_data)
+from core.train.data import (
+    ResidentBatches,
+    WaveformDataset,
+    check_device_cache_allowed,
+    check_device_cache_fits,
+    make_loader,
+    make_resident,
+    prepare_data,
+)
 from core.train.distributed import Replicas
 from core.train.fold import Runtime, build_on_device, sam_step, train_fold
 from core.train.mixup import Mix
@@ -291,7 +298,7 @@ def test_loss_scaling_is_undone_before_both_sam_passes():
     plain_loss, _ = one_sam_step(model, recipe, CPU_FP32, base=torch.optim.SGD)
     scaled_loss, _ = one_sam_step(scaled, recipe, CPU_FP32, scaler=scaler, base=torch.optim.SGD)
     assert scaled_loss == plain_loss
-    for (name, param), scaled_param in zip(model.named_parameters(), scaled.parameters()):
+    for (name, param), scaled_param in zip(model.named_parameters(), scaled.parameters(), strict=True):
         assert torch.equal(param, scaled_param), name
     assert scaler.good_steps == 1 and scaler.scale == 1024.0
 

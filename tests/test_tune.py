@@ -28,8 +28,16 @@ from core.recipe import Recipe
 from core.tune.objective import FOLD_SCORES_ATTR, WORKER_ATTR, SearchPlan, make_objective
 from core.tune.report import export_params, print_report, trial_rows, write_plots
 from core.tune.search import Budget, run_search
-from core.tune.space import (REFERENCE_BEST_PARAMS, REFERENCE_SPACE, Choice, FloatRange, IntRange, load_space,
-                             space_from_dict, suggest_params)
+from core.tune.space import (
+    REFERENCE_BEST_PARAMS,
+    REFERENCE_SPACE,
+    Choice,
+    FloatRange,
+    IntRange,
+    load_space,
+    space_from_dict,
+    suggest_params,
+)
 from core.tune.study import TrialSeededTPESampler, default_storage_url, make_pruner, open_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +79,7 @@ def quiet_study(**kwargs) -> optuna.Study:
 
 def test_reference_space_is_the_spec_table_in_order():
     assert [d.name for d in REFERENCE_SPACE] == [row[0] for row in SPEC_SPACE]
-    for dimension, (name, kind, low, high, log, step) in zip(REFERENCE_SPACE, SPEC_SPACE):
+    for dimension, (name, kind, low, high, log, step) in zip(REFERENCE_SPACE, SPEC_SPACE, strict=True):
         if kind == "categorical":
             assert isinstance(dimension, Choice) and dimension.choices == low, name
         elif kind == "int":
@@ -490,7 +498,7 @@ def test_live_view_shows_every_trial_with_state_value_and_best_so_far(tmp_path):
         run_search(study, objective, Budget(trials=3), callbacks=[board.trial_done])
     final = screen.getvalue().split("Study live")[-1]  # the last frame drawn
     values = [0.5015, 0.7015, 0.6015]  # fold scores score + 0.001 * fold, averaged over folds 1 and 2
-    for number, (value, best) in enumerate(zip(values, [0.5015, 0.7015, 0.7015])):
+    for number, (value, best) in enumerate(zip(values, [0.5015, 0.7015, 0.7015], strict=True)):
         assert f"{number} │ COMPLETE │ {value:.4f} │      {best:.4f} │   2/2 │ me" in final
     assert "trial 2 complete (value 0.6015)" in final
 
@@ -579,7 +587,7 @@ def check_two_workers_share_one_study(storage_url: str, data: Path, tmp_path: Pa
     workers = [subprocess.Popen(command, cwd=tmp_path, env=tune_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [worker.communicate(timeout=600) for worker in workers]
-    for worker, (stdout, stderr) in zip(workers, outputs):
+    for worker, (_stdout, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr[-3000:]
 
     study = optuna.load_study(study_name="shared", storage=storage_url)

@@ -6,7 +6,6 @@ distribution's packages if missing (see postgres_fixture.py).
 from __future__ import annotations
 
 import pytest
-
 from postgres_fixture import postgres_url  # noqa: F401  (the fixture)
 from test_tune import check_two_workers_share_one_study
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,15 +20,15 @@ def register(app: typer.Typer) -> None:
 
 
 def blend_command(
-    members: Optional[List[str]] = typer.Argument(
+    members: list[str] | None = typer.Argument(
         None, help="Member CSVs relative to --root, e.g. wideresnet/best_model_fold5.csv (or use --recipe)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Blend recipe TOML, e.g. submissions/top12.toml."),
+    recipe: Path | None = typer.Option(None, "--recipe", help="Blend recipe TOML, e.g. submissions/top12.toml."),
     root: Path = typer.Option(..., "--root", help="Folder the member paths are relative to (e.g. solutions)."),
     out: Path = typer.Option(..., "--out", help="Submission CSV to write (ID,TARGET)."),
     allow_missing: bool = typer.Option(False, "--allow-missing",
                                        help="Blend the members that exist and list the missing ones (default: refuse)."),
-    ids: Optional[Path] = typer.Option(None, "--ids", help="CSV with an ID column (e.g. kaggle_test.csv): output row order."),
-    method: Optional[str] = typer.Option(None, "--method", help="mean | geomean | rank (default: the recipe's method, else mean)."),
+    ids: Path | None = typer.Option(None, "--ids", help="CSV with an ID column (e.g. kaggle_test.csv): output row order."),
+    method: str | None = typer.Option(None, "--method", help="mean | geomean | rank (default: the recipe's method, else mean)."),
     probs: bool = typer.Option(False, "--probs", help="Also write the blended scores as columns 0..9."),
 ) -> None:
     """Soft-vote probability CSVs (aligned by ID) into a submission; never substitutes a missing member."""
@@ -39,13 +39,13 @@ def blend_command(
     from rich.markup import escape
 
     from core.atomic import write_csv
-    from core.blend import blend, check_method, load_recipe, parse_recipe, submission_frame
+    from core.blend import blend, check_method, load_blend_recipe, parse_blend_recipe, submission_frame
     from core.errors import UserError
     from core.predictions import read_ids
 
     if bool(members) == (recipe is not None):
         raise UserError("give member CSVs or --recipe FILE (exactly one of the two).")
-    plan = load_recipe(recipe) if recipe is not None else parse_recipe({"members": members}, "command line", "blend")
+    plan = load_blend_recipe(recipe) if recipe is not None else parse_blend_recipe({"members": members}, "command line", "blend")
     if method is not None and method != plan.method:
         plan = replace(plan, method=check_method(method))
     order = read_ids(ids) if ids is not None else None
@@ -88,7 +88,7 @@ def score_command(
     submission: Path = typer.Argument(..., help="Submission CSV (ID,TARGET)."),
     labels: Path = typer.Option(..., "--labels", help="True labels CSV: ID,TARGET or ID,classID (same IDs)."),
     as_json: bool = typer.Option(False, "--json", help="Print only {accuracy, macro_f1, composite} as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the confusion matrix PNG here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the confusion matrix PNG here."),
 ) -> None:
     """Score a submission: accuracy, macro-F1, composite (0.8/0.2), per-class table, confusion matrix."""
     from core import CLASS_NAMES
@@ -134,14 +134,14 @@ def select_command(
     root: Path = typer.Option(..., "--root", help="Solutions folder: <solution>/oof_fold<k>.csv (+ best_model_fold<k>.csv)."),
     out: Path = typer.Option(..., "--out", help="Blend recipe TOML to write (solution weights)."),
     max_steps: int = typer.Option(20, "--max", help="Greedy selection steps; the chosen weights sum to at most this."),
-    solutions: Optional[List[str]] = typer.Option(None, "--solution", help="Select only among these solutions (repeatable; default: every folder with OOF files)."),
+    solutions: list[str] | None = typer.Option(None, "--solution", help="Select only among these solutions (repeatable; default: every folder with OOF files)."),
 ) -> None:
     """Choose solution weights by greedy forward selection with replacement on OOF predictions (Caruana 2004)."""
     from rich.console import Console
     from rich.table import Table
 
     from core.atomic import write_text
-    from core.blend import recipe_toml
+    from core.blend import blend_recipe_toml
     from core.select import select, selection_recipe
 
     selection = select(root, max_steps, solutions)
@@ -154,12 +154,12 @@ def select_command(
                f"{selection.scores.composite:.4f};\nbest single solution {selection.pool[best_single].name} "
                f"{selection.single_scores[best_single].composite:.4f}.\n"
                f"Use: python -m core blend --recipe {out} --root {root} --out submissions/{name}.csv")
-    write_text(recipe_toml(recipe, comment), out)
+    write_text(blend_recipe_toml(recipe, comment), out)
 
     table = Table(title=f"Ensemble selection on OOF predictions ({len(selection.pool[0].clips)} clips)")
     for column in ("solution", "folds", "accuracy", "macro-F1", "composite", "weight"):
         table.add_column(column, justify="left" if column in ("solution", "folds") else "right")
-    for solution, scores, weight in zip(selection.pool, selection.single_scores, selection.weights):
+    for solution, scores, weight in zip(selection.pool, selection.single_scores, selection.weights, strict=True):
         table.add_row(solution.name, ",".join(map(str, solution.folds)), f"{scores.accuracy:.4f}",
                       f"{scores.macro_f1:.4f}", f"{scores.composite:.4f}", str(weight) if weight else "-")
     console = Console()

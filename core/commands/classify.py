@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,11 +16,11 @@ def register(app: typer.Typer) -> None:
 def classify(
     sources: list[Path] = typer.Argument(..., help="Audio files and/or folders (searched recursively for the "
                                                    "formats soundfile reads: wav, flac, ogg, aiff, ...)."),
-    solution: Optional[list[str]] = typer.Option(None, "--solution", help="A trained solution (repeat for several: "
+    solution: list[str] | None = typer.Option(None, "--solution", help="A trained solution (repeat for several: "
                                                                           "equal-weight blend)."),
-    recipe: Optional[Path] = typer.Option(None, help="A solution-level blend recipe TOML (\\[solutions] weights), "
+    recipe: Path | None = typer.Option(None, help="A solution-level blend recipe TOML (\\[solutions] weights), "
                                                      "as `blend` reads it."),
-    onnx: Optional[Path] = typer.Option(None, help="Run an exported model (`export`) with onnxruntime instead."),
+    onnx: Path | None = typer.Option(None, help="Run an exported model (`export`) with onnxruntime instead."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
     hop: float = typer.Option(1.0, help="Seconds between window starts in files longer than one clip."),
     aggregate: str = typer.Option("mean", help="A file's probabilities from its windows: mean (how much of the "
@@ -31,10 +30,10 @@ def classify(
                                                   "an even prior) | 1 (foreground) | 2 (background) | a CSV "
                                                   "file,salience. Other solutions ignore it."),
     batch_size: int = typer.Option(32, help="Windows per batch (windows of several files share a batch)."),
-    out: Optional[Path] = typer.Option(None, help="CSV, one row per file: file,duration_s,TARGET,<class names>."),
-    windows: Optional[Path] = typer.Option(None, help="CSV, one row per window: file,start_s,end_s,TARGET,..."),
+    out: Path | None = typer.Option(None, help="CSV, one row per file: file,duration_s,TARGET,<class names>."),
+    windows: Path | None = typer.Option(None, help="CSV, one row per window: file,start_s,end_s,TARGET,..."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (files, probabilities, bad files) instead of a table."),
-    plot: Optional[Path] = typer.Option(None, help="Folder for a PNG timeline of each file longer than one clip."),
+    plot: Path | None = typer.Option(None, help="Folder for a PNG timeline of each file longer than one clip."),
     skip_bad_audio: bool = typer.Option(False, "--skip-bad-audio", help="Exit 0 although some files could not be "
                                                                         "decoded (they are listed, without rows)."),
     device: Device = "auto",
@@ -51,8 +50,16 @@ def classify(
     from rich.console import Console
 
     from core.atomic import check_writable, write_csv
-    from core.classify import (classify_files, estimated_windows, file_frame, find_audio, onnx_predictor,
-                               parse_salience, torch_predictor, window_frame, write_timelines)
+    from core.classify import (
+        estimated_windows,
+        file_frame,
+        find_audio,
+        onnx_predictor,
+        parse_salience,
+        torch_predictor,
+        window_frame,
+        write_timelines,
+    )
     from core.errors import UserError
 
     chosen = [option for option, value in (("--solution", solution), ("--recipe", recipe), ("--onnx", onnx)) if value]
@@ -102,12 +109,12 @@ def classify(
 
 def blend_members(solution: list[str] | None, recipe: Path | None) -> tuple[list[str], list[float], str]:
     """(solution names, weights, blend method) from --solution names or a solution-level blend recipe."""
-    from core.blend import load_recipe
+    from core.blend import load_blend_recipe
     from core.errors import UserError
 
     if solution:
         return list(dict.fromkeys(solution)), [1.0] * len(dict.fromkeys(solution)), "mean"
-    blend = load_recipe(recipe)
+    blend = load_blend_recipe(recipe)
     if not all(member.solution for member in blend.members):
         raise UserError(f"{recipe}: classify needs a solution-level recipe (a [solutions] table of weights); this "
                         "one lists probability CSV files, which belong to one test set")
@@ -119,15 +126,12 @@ def blend_members(solution: list[str] | None, recipe: Path | None) -> tuple[list
 
 def run_with_progress(files, spec, hop, aggregate, policy, batch_size, show_bar, console):
     """classify_files with a bar over the files when there is more than a few batches of work."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from core.classify import classify_files
+    from core.progress import progress_bar
 
-    with Progress(TextColumn("classify"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not show_bar, transient=True) as bar:
-        task = bar.add_task("files", total=len(files))
+    with progress_bar(len(files), "classify", console=console, enabled=show_bar) as advance:
         return classify_files(files, spec, hop_seconds=hop, aggregate=aggregate, salience=policy,
-                              batch_size=batch_size, on_progress=lambda n: bar.advance(task, n))
+                              batch_size=batch_size, on_progress=advance)
 
 
 def print_table(result, description: str, console) -> None:
@@ -148,8 +152,8 @@ def print_table(result, description: str, console) -> None:
 def export(
     solution: str = typer.Argument(..., help="A trained solution (its checkpoints are in --solutions/<solution>)."),
     out: Path = typer.Option(..., help="The ONNX file to write."),
-    folds: Optional[str] = typer.Option(None, help="Fold models to include, e.g. 1,3 [default: every one trained]."),
-    opset: Optional[int] = typer.Option(None, help="ONNX opset version [default: the exporter's]."),
+    folds: str | None = typer.Option(None, help="Fold models to include, e.g. 1,3 [default: every one trained]."),
+    opset: int | None = typer.Option(None, help="ONNX opset version [default: the exporter's]."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
 ) -> None:
     """Write SOLUTION's fold models as one ONNX graph: raw mono waveforms [batch, num_samples] (+ salience
@@ -162,7 +166,7 @@ def export(
 
     check_writable(out.parent if str(out.parent) else Path("."))
     exported = export_onnx(solutions / solution, solution, out, parse_folds(folds), opset)
-    inputs = "waveforms [batch, %d] float32" % exported.num_samples + (" + salience [batch] int64 (1|2)"
-                                                                        if exported.uses_salience else "")
+    inputs = f"waveforms [batch, {exported.num_samples}] float32" + (" + salience [batch] int64 (1|2)"
+                                                                      if exported.uses_salience else "")
     Console(stderr=True).print(f"wrote {out}: {solution}, folds {','.join(map(str, exported.folds))}, {inputs} at "
                                f"{exported.sample_rate} Hz -> probabilities [batch, 10]", highlight=False)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,11 +13,11 @@ def register(app: typer.Typer) -> None:
 def synth(
     out: Path = typer.Option(..., help="Folder to create (must not exist or be empty)."),
     seed: int = typer.Option(0, help="Random seed; the same seed writes the same bytes."),
-    like: Optional[Path] = typer.Option(None, help="An UrbanSound8K.csv to mirror row for row "
+    like: Path | None = typer.Option(None, help="An UrbanSound8K.csv to mirror row for row "
                                                    "(names, folds, durations, salience, classes)."),
     clips_per_class_fold: int = typer.Option(5, help="Train clips per class and fold (ignored with --like)."),
     test_clips_per_class: int = typer.Option(20, help="Test clips per class (ignored with --like)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Rendering processes [default: the number of "
+    workers: int | None = typer.Option(None, min=1, help="Rendering processes [default: the number of "
                                                             "cores for 256+ clips]."),
     layout: str = typer.Option("kaggle", help="kaggle: folds 1-8 + a labelled test split | official: "
                                               "UrbanSound8K's own layout, folds 1-10 (for --protocol us8k-10fold)."),

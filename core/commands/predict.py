@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,8 +16,8 @@ def predict(
     solution: str = typer.Argument(..., help="A trained solution (its checkpoints are in --solutions/<solution>)."),
     data: Path = typer.Option(..., help="Data folder whose test split is predicted."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
-    out: Optional[Path] = typer.Option(None, help="Where the per-fold CSVs go [default: <solution dir>/predict-<data folder name>]."),
-    submission: Optional[Path] = typer.Option(None, help="Fold-average submission [default: submissions/<solution>-<data folder name>.csv]."),
+    out: Path | None = typer.Option(None, help="Where the per-fold CSVs go [default: <solution dir>/predict-<data folder name>]."),
+    submission: Path | None = typer.Option(None, help="Fold-average submission [default: submissions/<solution>-<data folder name>.csv]."),
     batch_size: int = typer.Option(64, help="Clips per batch."),
     device: Device = "auto",
     precision: Precision = "auto",
@@ -33,11 +32,11 @@ def predict(
     from core.atomic import check_writable
     from core.data.metadata import load_source
     from core.errors import UserError
+    from core.progress import TrainProgress
     from core.train import distributed
     from core.train.fold import Runtime
     from core.train.options import TrainOptions
     from core.train.predict import load_fold_models, predict_folds, write_predictions
-    from core.train.progress import TrainProgress
 
     if distributed.launched_by_torchrun():
         raise UserError("predict runs in one process (it already reads the audio once for every fold model); "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,7 +11,7 @@ def register(app: typer.Typer) -> None:
 
 
 def report(
-    solution: Optional[list[str]] = typer.Argument(None, help="Solutions to report [default: every solution with "
+    solution: list[str] | None = typer.Argument(None, help="Solutions to report [default: every solution with "
                                                               "results under --solutions]."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
 ) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,29 +29,29 @@ def parse_folds(text: str | None) -> tuple[int, ...] | None:
 
 def train(
     solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
-    data: Optional[Path] = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
-    out: Optional[Path] = typer.Option(None, help="Output folder [default: solutions/<solution>]."),
+    data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
+    out: Path | None = typer.Option(None, help="Output folder [default: solutions/<solution>]."),
     submissions: Path = typer.Option(Path("submissions"), help="Folder for the fold-average submission <solution>.csv."),
-    folds: Optional[str] = typer.Option(None, help="Validation folds to train, e.g. 1,3 [default: the recipe's]."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs per fold [default: the recipe's]."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the recipe's]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the recipe's]."),
-    params: Optional[Path] = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
+    folds: str | None = typer.Option(None, help="Validation folds to train, e.g. 1,3 [default: the recipe's]."),
+    epochs: int | None = typer.Option(None, help="Epochs per fold [default: the recipe's]."),
+    batch_size: int | None = typer.Option(None, help="Batch size [default: the recipe's]."),
+    lr: float | None = typer.Option(None, help="Peak learning rate [default: the recipe's]."),
+    params: Path | None = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
     device: Device = "auto",
     precision: Precision = "auto",
     workers: Workers = 0,
-    seed: Optional[int] = typer.Option(None, help="Random seed [default: the recipe's]."),
+    seed: int | None = typer.Option(None, help="Random seed [default: the recipe's]."),
     skip_bad_audio: SkipBadAudio = False,
     test_salience: TestSalience = None,
     max_clips_per_fold: MaxClipsPerFold = None,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
-    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
+    channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
     protocol: str = typer.Option("kaggle", help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
                                               "test every fold k, validate on k+1 (the literature's protocol)."),
     allow_fold_leakage: bool = typer.Option(False, "--allow-fold-leakage", help="Proceed although one recording "
                                             "(fsID) spans folds; the summary records it."),
-    tensorboard: Optional[Path] = typer.Option(None, help="Also write per-epoch scalars and hparams for TensorBoard "
+    tensorboard: Path | None = typer.Option(None, help="Also write per-epoch scalars and hparams for TensorBoard "
                                                           "under DIR/<solution>/<protocol>/fold<k>."),
     progress: Progress = True,
 ) -> None:
@@ -65,8 +64,8 @@ def train(
 
     from core import registry
     from core.data.metadata import load_source
-    from core.train import distributed
     from core.demo.profile import apply_demo_profile, ensure_demo_data
+    from core.train import distributed
     from core.train.options import TrainOptions
     from core.train.report import print_summary
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -28,15 +27,15 @@ def register(app: typer.Typer) -> None:
 
 def tune(
     solution: str = typer.Argument(..., help="Solution whose recipe the trials start from (see `solutions`)."),
-    trials: Optional[int] = typer.Option(None, help="Stop once the study has this many trials (complete, pruned or running; all workers together)."),
-    timeout: Optional[float] = typer.Option(None, help="Stop this worker after this many seconds (checked between trials)."),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by all workers, e.g. sqlite:///path/optuna.db or postgresql://user:password@host:5432/db (default: sqlite under --out)."),
-    study: Optional[str] = typer.Option(None, help="Study name (default: the solution name)."),
+    trials: int | None = typer.Option(None, help="Stop once the study has this many trials (complete, pruned or running; all workers together)."),
+    timeout: float | None = typer.Option(None, help="Stop this worker after this many seconds (checked between trials)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL shared by all workers, e.g. sqlite:///path/optuna.db or postgresql://user:password@host:5432/db (default: sqlite under --out)."),
+    study: str | None = typer.Option(None, help="Study name (default: the solution name)."),
     epochs: int = typer.Option(SEARCH_EPOCHS, help="Epochs per fold in every trial."),
-    folds: Optional[str] = typer.Option(None, help="Validation folds of every trial, e.g. 1,2 (default: the recipe's)."),
-    data: Optional[Path] = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
-    space: Optional[Path] = typer.Option(None, help="Search-space file (.toml/.json) (default: the reference space)."),
-    out: Optional[Path] = typer.Option(None, help="Solution folder for the default storage and the report's plots (default: solutions/<solution>)."),
+    folds: str | None = typer.Option(None, help="Validation folds of every trial, e.g. 1,2 (default: the recipe's)."),
+    data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
+    space: Path | None = typer.Option(None, help="Search-space file (.toml/.json) (default: the reference space)."),
+    out: Path | None = typer.Option(None, help="Solution folder for the default storage and the report's plots (default: solutions/<solution>)."),
     seed: int = typer.Option(42, help="Sampler seed (trial n draws from seed + n)."),
     device: Device = "auto",
     precision: Precision = "auto",
@@ -45,7 +44,7 @@ def tune(
     skip_bad_audio: SkipBadAudio = False,
     report: bool = typer.Option(False, "--report", help="Print the study's best trial, top trials and importances; write plots. No search."),
     top: int = typer.Option(10, help="How many top trials --report lists."),
-    export: Optional[Path] = typer.Option(None, help="Write the best parameters to this .toml/.json file (for `train --params`). No search."),
+    export: Path | None = typer.Option(None, help="Write the best parameters to this .toml/.json file (for `train --params`). No search."),
 ) -> None:
     """Search, or (with --report / --export) read a study; the full help is HELP."""
     from rich.console import Console
@@ -150,8 +149,8 @@ def _search(recipe, request: SearchRequest, console) -> None:
 def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
     """Cache the training audio once for every trial of this worker; no test audio, no output files."""
     from core.data.metadata import load_source
-    from core.train.data import prepare_data
     from core.demo.profile import ensure_demo_data
+    from core.train.data import prepare_data
     from core.train.options import TrainOptions
 
     data = request.data

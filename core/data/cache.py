@@ -28,6 +28,7 @@ import numpy as np
 from core.atomic import exclusive_lock, write_json
 from core.data.audio import AudioError, load_clip
 from core.errors import UserError, format_problems
+from core.progress import progress_bar
 
 if TYPE_CHECKING:
     import multiprocessing.pool
@@ -219,8 +220,8 @@ def _decode_all(array_path: Path, paths: list[str], shape: tuple[int, int], samp
     chunks = [items[start:start + chunk] for start in range(0, len(items), chunk)]
     task = partial(decode_rows, array_path, shape, sample_rate)
     reasons: dict[int, str] = {}
-    with _progress_bar(len(items), f"Caching audio ({sample_rate / 1000:g} kHz, {shape[1]} samples)",
-                       console=progress) as advance:
+    with progress_bar(len(items), f"Caching audio ({sample_rate / 1000:g} kHz, {shape[1]} samples)",
+                      console=progress, enabled=progress is not None) as advance:
         if workers <= 1:
             with _single_thread_torch():
                 for part in chunks:
@@ -275,21 +276,6 @@ def resolve_workers(workers: int | None, count: int) -> int:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(cores, count))
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int, description: str, *, console: Console | None) -> Iterator[Callable[[int], None]]:
-    """Yield advance(n); a rich progress bar on `console` (None: no bar). Nests inside a live display
-    already running on the same console."""
-    if console is None:
-        yield lambda count: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        task_id = bar.add_task(description, total=total)
-        yield lambda count: bar.advance(task_id, count)
 
 
 def _stderr_console() -> Console:

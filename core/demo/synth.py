@@ -17,15 +17,14 @@ The set is built in a hidden temporary folder and renamed into place when comple
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -34,6 +33,7 @@ from core import CLASS_NAMES, NUM_CLASSES
 from core.atomic import exclusive_lock, write_csv
 from core.errors import UserError
 from core.folds import TEST_FOLDS, TRAIN_FOLDS
+from core.progress import progress_bar
 
 SAMPLE_RATES = (22050, 44100, 48000)
 CHANNEL_COUNTS = (1, 2)
@@ -236,7 +236,7 @@ def _render_all(plans: list[ClipPlan], folder: Path, seed: int, *, workers: int 
     chunks = [items[start:start + 16] for start in range(0, len(items), 16)]
     task = partial(render_files, folder, seed)
     workers = resolve_workers(workers, len(items))
-    with _progress_bar(len(items), "Synthesising clips", enabled=progress) as advance:
+    with progress_bar(len(items), "Synthesising clips", enabled=progress) as advance:
         if workers == 1:
             for chunk in chunks:
                 advance(task(chunk))
@@ -277,20 +277,6 @@ def _write_metadata(plans: list[ClipPlan], folder: Path) -> None:
     }), metadata / "kaggle_test.csv")
     write_csv(pd.DataFrame({"ID": [plan.test_id for plan in test], "TARGET": [plan.class_id for plan in test]}),
               metadata / "kaggle_test_labels.csv")
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int, description: str, *, enabled: bool) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda count: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as bar:
-        task_id = bar.add_task(description, total=total)
-        yield lambda count: bar.advance(task_id, count)
 
 
 # ================================================================================ sound generators

@@ -49,7 +49,7 @@ class AudioBackbone(nn.Module):
         widths = [channels[name] for name in STAGE_NAMES]
         self.attention = nn.ModuleDict({
             name: CBAM(width, config.cbam_ratio, config.cbam_kernel, config.cbam_min_hidden)
-            for name, width in zip(STAGE_NAMES, widths) if _has_cbam(config.cbam, name)
+            for name, width in zip(STAGE_NAMES, widths, strict=True) if _has_cbam(config.cbam, name)
         })
         self.out_channels = widths[-1]
 

@@ -177,7 +177,7 @@ class DeepAudioStem(nn.Module):
         layers: list[nn.Module] = []
         strides = (1, 1, 2)
         previous = in_channels
-        for width, stride in zip(widths, strides):
+        for width, stride in zip(widths, strides, strict=True):
             layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1, bias=False),
                        nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             previous = width

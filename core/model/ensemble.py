@@ -52,9 +52,14 @@ class FoldEnsemble(nn.Module):
             results.append(torch.stack(probabilities).mean(dim=0))
         return results
 
-    def use_plain_ops(self, enabled: bool = True) -> "FoldEnsemble":
+    def use_plain_ops(self) -> FoldEnsemble:
         """PCEN in plain tensor ops (one matmul smoother) instead of the fused training kernel: for tracing."""
-        for module in self.modules():
-            if isinstance(module, TrainablePCEN):
-                module.plain_ops = enabled
+        set_pcen_ops(self, "plain")
         return self
+
+
+def set_pcen_ops(module: nn.Module, ops: str) -> None:
+    """Switch every TrainablePCEN inside `module` to `ops` ("fused" | "plain" | "loop"; same values)."""
+    for child in module.modules():
+        if isinstance(child, TrainablePCEN):
+            child.ops = ops

@@ -49,7 +49,7 @@ class PCENFrontend(nn.Module):
 
     def normalise(self, energies: list[Tensor]) -> Tensor:
         """Mel energies -> PCEN features [B, channels, n_mels, frames]."""
-        return torch.stack([pcen(energy) for pcen, energy in zip(self.pcens, energies)], dim=1)
+        return torch.stack([pcen(energy) for pcen, energy in zip(self.pcens, energies, strict=True)], dim=1)
 
     def forward(self, waveforms: Tensor) -> Tensor:
         """waveforms: float [B, num_samples]. Returns PCEN features [B, channels, n_mels, frames]."""

@@ -12,13 +12,18 @@ import torch
 from torch import Tensor, nn
 
 from core import NUM_CLASSES
-from core.model.backbone import AudioBackbone
-from core.model.blocks import (AttentiveStatsPooling, BiGRU, FiLM, GlobalAveragePooling, SalienceEmbedding,
-                               TemporalAttentiveStatsPooling)
-from core.model.frontend import AudioInput
 from core.folds import SALIENCE_VALUES
+from core.model.backbone import AudioBackbone
+from core.model.blocks import (
+    AttentiveStatsPooling,
+    BiGRU,
+    FiLM,
+    GlobalAveragePooling,
+    SalienceEmbedding,
+    TemporalAttentiveStatsPooling,
+)
+from core.model.frontend import AudioInput
 from core.recipe import Head, Recipe
-
 
 
 class AudioClassifier(nn.Module):

@@ -16,7 +16,7 @@ E comes from a no-grad mel spectrogram, so neither E nor M carries a gradient.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -228,18 +228,19 @@ def pcen_loop(energy: Tensor, s: float, alpha: Tensor, delta: Tensor, r: Tensor,
     return (energy / ((eps + smoothed) ** alpha_c + denominator_eps) + delta_c) ** r_c - delta_c ** r_c
 
 
-def smoother_matrix(s: float, frames: int) -> Tensor:
+def smoother_matrix(s: Tensor | float, frames: int) -> Tensor:
     """The smoother as one matrix W [T, T] (float32) with M = E @ W, for fixed-length inference graphs.
 
     W[0, t] = (1 - s)^t carries the initial state M[0] = E[0]; W[k, t] = s (1 - s)^(t - k) for
-    1 <= k <= t. Built in float64; tiny powers are flushed to 0 as in the blocked scan.
+    1 <= k <= t. Built in float64 from tensor ops only (no .item(): exporters trace it as constants);
+    tiny powers are flushed to 0 as in the blocked scan.
     """
-    decay = torch.tensor(1.0 - float(s), dtype=torch.float64)
-    steps = torch.arange(frames, dtype=torch.float64)
+    s = torch.as_tensor(s).detach().to(torch.float64)
+    decay = 1.0 - s
+    steps = torch.arange(frames, dtype=torch.float64, device=s.device)
     gaps = steps[None, :] - steps[:, None]                                   # t - k
-    weights = float(s) * _decay_powers(decay, gaps)
-    weights[0] = _decay_powers(decay, steps)
-    return weights.to(torch.float32)
+    later_rows = s * _decay_powers(decay, gaps[1:])
+    return torch.cat([_decay_powers(decay, steps)[None, :], later_rows]).to(torch.float32)
 
 
 def pcen_plain(energy: Tensor, matrix: Tensor, alpha: Tensor, delta: Tensor, r: Tensor, eps: float,
@@ -268,13 +269,17 @@ class TrainablePCEN(nn.Module):
         self.eps = eps
         self.denominator_eps = denominator_eps
 
-        self.plain_ops = False  # True: trace-friendly plain ops (export); set by core.export
+        # "fused": the vectorised kernel (training, inference); "plain": trace-friendly tensor ops (ONNX
+        # export, core/model/ensemble.py); "loop": the reference's frame loop (benchmarks/epoch.py).
+        self.ops = "fused"
 
     def forward(self, energy: Tensor) -> Tensor:
         """energy: non-negative mel magnitudes [..., F, T] without grad. Returns PCEN of the same shape."""
-        if self.plain_ops:
-            matrix = smoother_matrix(float(self.s), energy.shape[-1]).to(energy.device)
+        if self.ops == "plain":
+            matrix = smoother_matrix(self.s, energy.shape[-1])
             return pcen_plain(energy, matrix, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
+        if self.ops == "loop":
+            return pcen_loop(energy, float(self.s), self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
         return pcen(energy, self.s, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
 
     def extra_repr(self) -> str:

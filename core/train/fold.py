@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -24,18 +25,24 @@ from core.atomic import write_csv
 from core.errors import UserError
 from core.metrics import Scores, score
 from core.model.network import build_model
+from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.train import checkpoint, distributed
-from core.train.data import (PreparedData, ResidentBatches, ResidentSplit, Split, WaveformDataset,
-                             check_device_cache_allowed, make_loader, make_resident)
+from core.train.data import (
+    PreparedData,
+    ResidentBatches,
+    ResidentSplit,
+    Split,
+    WaveformDataset,
+    check_device_cache_allowed,
+    make_loader,
+    make_resident,
+)
 from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler, autocast, configure_backends, resolve_device, resolve_precision
-from core.train.progress import TrainProgress
 from core.train.sam import SAM
 from core.train.schedules import Schedule, build_schedule
-
-import pandas as pd
 
 
 @dataclass
@@ -72,7 +79,7 @@ class Runtime:
     channels_last: bool
 
     @classmethod
-    def from_options(cls, options: TrainOptions) -> "Runtime":
+    def from_options(cls, options: TrainOptions) -> Runtime:
         device = distributed.replica_device(resolve_device(options.device), distributed.current())
         precision = resolve_precision(options.precision, device)
         channels_last = device.type == "cuda" if options.channels_last is None else options.channels_last
@@ -137,7 +144,7 @@ class FoldSettings:
     runtime: Runtime
 
     @classmethod
-    def resolve(cls, recipe: Recipe, options: TrainOptions) -> "FoldSettings":
+    def resolve(cls, recipe: Recipe, options: TrainOptions) -> FoldSettings:
         training, replicas = recipe.training, distributed.current()
         return cls(epochs=options.epochs or training.epochs,
                    seed=training.seed if options.seed is None else options.seed,
@@ -197,7 +204,7 @@ class ResumeState:
         })
 
     @classmethod
-    def restore(cls, path: Path, run_key: str, parts: TrainingParts, enabled: bool) -> "ResumeState":
+    def restore(cls, path: Path, run_key: str, parts: TrainingParts, enabled: bool) -> ResumeState:
         """The state saved in `path` loaded into `parts` (rank 0 reads, every rank loads); fresh if none."""
         if not enabled:  # no files at all (hyper-parameter trials)
             return cls()

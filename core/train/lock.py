@@ -1,55 +1,39 @@
-"""One training run per output folder: a lock file holding the owner's PID (stale locks are taken over)."""
+"""One training run per output folder (or fold): an exclusive flock on `<folder>/.lock`, held for the run.
+
+The lock file names its holder's PID while held (for the refusal message) and is emptied on release;
+a killed run's lock is released by the kernel, so the next run takes it over (the file may still
+show the dead PID until then).
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+from core.atomic import exclusive_lock
 from core.errors import UserError
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold `folder/.lock` for the duration; refuse if a live process holds it."""
+    """Hold `folder/.lock` for the duration; refuse at once if a live process holds it."""
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / ".lock"
-    for _ in range(2):
+
+    def busy(holder: str) -> UserError:
+        return UserError(f"{folder} is in use by another training run (PID {holder or 'unknown'}); wait for it to "
+                         "finish or choose another --out")
+
+    with exclusive_lock(folder / ".lock", wait=False, busy=busy) as handle:
+        _write(handle, str(os.getpid()))
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            owner = _read_pid(lock)
-            if owner is not None and owner != os.getpid() and _alive(owner):
-                raise UserError(f"{folder} is in use by another training run (PID {owner}); wait for it to "
-                                f"finish or choose another --out") from None
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()  # stale: its owner is gone
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
-        break
-    else:
-        raise UserError(f"could not take the lock {lock}; remove it if no training run is using {folder}")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if _read_pid(lock) == os.getpid():
-                lock.unlink()
+            yield
+        finally:
+            _write(handle, "")
 
 
-def _read_pid(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip() or "0") or None
-    except (FileNotFoundError, ValueError):
-        return None
+def _write(handle, text: str) -> None:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(text)
+    handle.flush()

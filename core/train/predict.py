@@ -11,13 +11,13 @@ import torch
 from core.atomic import write_csv
 from core.data.metadata import DataSource
 from core.errors import UserError
+from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.train import checkpoint
 from core.train.data import WaveformDataset, make_loader, prepare_test
 from core.train.fold import Runtime, build_on_device
 from core.train.options import TrainOptions
 from core.train.precision import autocast, configure_backends
-from core.train.progress import TrainProgress
 from core.train.solution import with_probabilities
 
 

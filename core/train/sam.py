@@ -5,7 +5,8 @@ second_step() restores w and lets the base optimiser step with the gradient take
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 

@@ -5,8 +5,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.optim.lr_scheduler import (CosineAnnealingLR, CosineAnnealingWarmRestarts, LambdaLR,
-                                      LinearLR, LRScheduler, OneCycleLR, SequentialLR)
+from torch.optim.lr_scheduler import (
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    LambdaLR,
+    LinearLR,
+    LRScheduler,
+    OneCycleLR,
+    SequentialLR,
+)
 
 from core.recipe import Training
 

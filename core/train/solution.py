@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,15 +26,15 @@ from core import CLASS_NAMES, PROB_COLUMNS
 from core.atomic import TEMP_SUFFIX, check_writable, write_csv, write_json
 from core.data.metadata import DataSource
 from core.errors import UserError
-from core.metrics import Scores, confusion, score
+from core.folds import ALL_FOLDS, fold_roles
+from core.metrics import confusion, score
+from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.train import checkpoint, distributed
 from core.train.data import PreparedData, prepare_data
-from core.folds import ALL_FOLDS, fold_roles
 from core.train.fold import FoldResult, Runtime, build_on_device, fold_fingerprint, predict, train_fold
 from core.train.lock import folder_lock
 from core.train.options import TrainOptions
-from core.train.progress import TrainProgress
 
 
 @dataclass
@@ -200,7 +200,7 @@ def with_probabilities(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     """frame + TARGET (argmax) + one column per class."""
     frame = frame.copy()
     frame["TARGET"] = probs.argmax(axis=1)
-    for column, values in zip(PROB_COLUMNS, probs.T):
+    for column, values in zip(PROB_COLUMNS, probs.T, strict=True):
         frame[column] = values
     return frame
 

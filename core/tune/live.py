@@ -5,7 +5,7 @@ line per event instead.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -31,7 +31,7 @@ class TrialBoard:
         self._live: Live | None = None
 
     @contextlib.contextmanager
-    def showing(self) -> Iterator["TrialBoard"]:
+    def showing(self) -> Iterator[TrialBoard]:
         """Keep the board on screen while the search runs (a plain log when not on a terminal)."""
         if not self.console.is_terminal:
             self.console.print(self.header, highlight=False)

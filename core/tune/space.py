@@ -20,10 +20,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from core.errors import UserError, format_problems
-from core.params import INT_NAMES, SEARCHED_NAMES, value_problems
+from core.params import INT_NAMES, PARAMETERS, SEARCHED_NAMES, SearchedParameter, value_problems
 
 
 @dataclass(frozen=True)
@@ -84,23 +84,21 @@ class IntRange:
         return f"[{self.low}, {self.high}] int {scale}{grid}"
 
 
-Dimension = Union[Choice, FloatRange, IntRange]
+Dimension = Choice | FloatRange | IntRange
+
+def reference_dimension(parameter: SearchedParameter) -> Dimension:
+    """The search dimension of one row of core.params.PARAMETERS (its `space`)."""
+    kind, *args = parameter.space
+    if kind == "choice":
+        return Choice(parameter.name, tuple(args[0]))
+    if kind == "int":
+        return IntRange(parameter.name, *args)
+    low, high, *rest = args
+    return FloatRange(parameter.name, low, high, log=rest[0] if rest else False, step=rest[1] if len(rest) > 1 else None)
+
 
 # ResNet/optuna/optuna.py (../shared/spec/optuna.md section 7), in its sampling order.
-REFERENCE_SPACE: tuple[Dimension, ...] = (
-    Choice("n_mels", (64, 80, 128)),
-    FloatRange("freq_mask_ratio", 0.10, 0.35),
-    Choice("batch_size", (64, 128, 256)),
-    FloatRange("dropout_rate", 0.0, 0.5, step=0.1),
-    IntRange("warmup_epochs", 0, 5),
-    Choice("n_fft", (1024, 2048)),
-    Choice("hop_length", (320, 512, 640)),
-    FloatRange("lr", 1e-4, 5e-3, log=True),
-    FloatRange("sam_rho", 0.02, 0.10),
-    FloatRange("mixup_alpha", 0.5, 2.0),
-    FloatRange("weight_decay", 1e-4, 1e-1, log=True),
-    IntRange("time_mask_param", 30, 90),
-)
+REFERENCE_SPACE: tuple[Dimension, ...] = tuple(reference_dimension(parameter) for parameter in PARAMETERS)
 
 # study.best_params of the reference search, hard-coded in resnet34_pcen_sam_8f_200e.py.
 REFERENCE_BEST_PARAMS: dict[str, Any] = {

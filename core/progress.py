@@ -1,12 +1,28 @@
-"""Rich progress bars for folds, epochs and batches (a silent stand-in when progress is off)."""
+"""Progress bars, one place: `progress_bar` for one count (caching, synthesis, classification) and
+`TrainProgress` for the nested folds / epochs / batches of training (both silent when disabled)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, *, console: Console | None = None,
+                 enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield advance(n): a transient bar on `console` (default: stderr); a no-op when not `enabled`.
+
+    Nests inside a live display already running on the same console.
+    """
+    if not enabled:
+        yield lambda count: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console or Console(stderr=True), transient=True) as bar:
+        task_id = bar.add_task(description, total=total)
+        yield lambda count: bar.advance(task_id, count)
 
 
 class TrainProgress:
@@ -23,7 +39,7 @@ class TrainProgress:
         self._tasks: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def running(self) -> Iterator["TrainProgress"]:
+    def running(self) -> Iterator[TrainProgress]:
         with self._progress:
             yield self
 

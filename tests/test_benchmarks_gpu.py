@@ -1,0 +1,43 @@
+"""The GPU race and check, run on a CPU with tiny settings: both arms train, the RESULT line is complete."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, subprocess_env
+
+
+def result_line(output: str) -> dict:
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert lines, output[-3000:]
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def test_epoch_race_quick_on_cpu(tmp_path):
+    done = subprocess.run([sys.executable, "benchmarks/epoch.py", "--quick", "--device", "cpu"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900, env=subprocess_env(US8K_CACHE_DIR=str(tmp_path)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = result_line(done.stdout)
+    assert result["name"] == "epoch" and result["solution"] == "resnet34_pcen_sam_8fold" and result["quick"]
+    assert set(result["clips_per_s"]) == {"ours", "reference"}
+    assert all(value > 0 for value in result["clips_per_s"].values())
+    assert result["ratio"] == pytest.approx(result["clips_per_s"]["ours"] / result["clips_per_s"]["reference"], rel=0.02)
+    # projected hours of the full recipe: 8 folds x 100 epochs x 6194 clips at our rate
+    assert result["projected_hours"] == pytest.approx(8 * 100 * 6194 / result["clips_per_s"]["ours"] / 3600, rel=0.02)
+    assert "reference" in done.stdout and "full recipe" in done.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    log = tmp_path / "gpu_check.log"
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(log)], cwd=REPO, capture_output=True, text=True,
+                          timeout=1800, env=subprocess_env(GPU_CHECK_QUICK="1", PYTHON=sys.executable,
+                                                           US8K_CACHE_DIR=str(tmp_path / "cache")))
+    assert done.returncode == 0, done.stdout[-4000:]
+    text = log.read_text()
+    assert text.count("=== ") == 12 and "0 failed stage(s)" in text  # six stages, each announced and closed
+    assert text.count("RESULT ") == 3
+    assert os.path.getsize(log) > 0
