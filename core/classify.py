@@ -59,7 +59,8 @@ def parse_salience(option: str, files: Sequence[Path]) -> SaliencePolicy:
     """--salience marginal | 1 | 2 | FILE.csv (columns file,salience; file = a path or a file name)."""
     if option == "marginal":
         return SaliencePolicy("marginal")
-    if option in ("1", "2"):
+    allowed = [str(value) for value in SALIENCE_VALUES]
+    if option in allowed:
         return SaliencePolicy("fixed", int(option))
     path = Path(option)
     if not path.is_file():
@@ -69,7 +70,7 @@ def parse_salience(option: str, files: Sequence[Path]) -> SaliencePolicy:
         raise UserError(f"{path}: the salience CSV needs the columns file,salience (found {', '.join(table.columns)})")
     by_file: dict[str, int] = {}
     for line, (name, value) in enumerate(zip(table["file"], table["salience"], strict=True), start=2):
-        if value.strip() not in ("1", "2"):
+        if value.strip() not in allowed:
             raise UserError(f"{path} line {line}: salience {value!r} must be 1 (foreground) or 2 (background)")
         candidate = Path(name.strip())
         key = str(candidate.resolve()) if candidate.parent != Path(".") else candidate.name

@@ -14,10 +14,9 @@ Deviations from the reference:
   passes use unscaled gradients and an overflowing step is skipped.
 - The test ensemble averages over the folds actually present (the reference always divided by 8).
 - Centre crop uses integer division; unreadable audio is never zero-filled (as in the baseline).
-- On CUDA, training defaults to bf16 autocast where the reference trained under fp16 autocast;
-  `--precision fp16` restores it (with the loss scaling described above).
-- The waveforms are decoded once into a float16 cache (the reference decoded float32 every epoch): a
-  relative error below 5e-4 (about -66 dB) per sample; predictions match decoding (tested).
+- Precision and storage: CUDA trains under bf16 autocast, the reference under fp16 autocast
+  (`--precision fp16` restores it, with the loss scaling above); waveforms are decoded once into a
+  float16 cache (relative error below 5e-4 per sample; the predictions match decoding, tested).
 """
 from core.recipe import Recipe
 from core.registry import register

@@ -15,10 +15,9 @@ Deviations from the reference:
 - Centre crop uses integer division (the reference's `/` crashed on clips longer than 4 s).
 - Unreadable audio stops the run (or is dropped with --skip-bad-audio), never zero-filled.
 - On CUDA with AMP, both SAM passes step on unscaled gradients and a step with inf is skipped.
-- On CUDA, training defaults to bf16 autocast (fp16 before Ampere) where the reference trained in
-  fp32; `--precision fp32` restores it.
-- The waveforms are decoded once into a float16 cache (the reference decoded float32 every epoch): a
-  relative error below 5e-4 (about -66 dB) per sample; predictions match decoding (tested).
+- Precision and storage: CUDA trains under bf16 autocast (fp16 before Ampere), the reference in fp32
+  (`--precision fp32` restores it); waveforms are decoded once into a float16 cache (relative error
+  below 5e-4 per sample; the predictions match decoding, tested).
 """
 from core.recipe import Augment, Backbone, Frontend, Head, Recipe, Training
 from core.registry import register

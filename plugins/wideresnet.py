@@ -22,10 +22,9 @@ Deviations from the reference:
 - CBAM hidden width and spatial padding use integer division (the reference could not be built).
 - No silent salience default (missing test salience is an error, not "foreground").
 - Centre crop uses integer division; unreadable audio is never zero-filled.
-- On CUDA, training defaults to bf16 autocast (fp16 before Ampere) where the reference trained in
-  fp32; `--precision fp32` restores it.
-- The waveforms are decoded once into a float16 cache (the reference decoded float32 every epoch): a
-  relative error below 5e-4 (about -66 dB) per sample; predictions match decoding (tested).
+- Precision and storage: CUDA trains under bf16 autocast (fp16 before Ampere), the reference in fp32
+  (`--precision fp32` restores it); waveforms are decoded once into a float16 cache (relative error
+  below 5e-4 per sample; the predictions match decoding, tested).
 """
 from core.recipe import Recipe
 from core.registry import register

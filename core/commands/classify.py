@@ -9,8 +9,9 @@ from core.commands.options import Device, Precision, Progress
 
 
 def register(app: typer.Typer) -> None:
-    app.command("classify")(classify)
-    app.command("export")(export)
+    app.command("classify", short_help="Classify recordings of any length with trained solutions or an exported "
+                                       "ONNX model.")(classify)
+    app.command("export", short_help="Write a solution's fold models as one ONNX graph (mel + PCEN inside).")(export)
 
 
 def classify(
@@ -156,8 +157,10 @@ def export(
     opset: int | None = typer.Option(None, help="ONNX opset version [default: the exporter's]."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
 ) -> None:
-    """Write SOLUTION's fold models as one ONNX graph: raw mono waveforms [batch, num_samples] (+ salience
-    [batch] for fusion solutions) -> fold-averaged probabilities [batch, 10], mel + PCEN inside."""
+    """Write SOLUTION's fold models as one ONNX graph that runs with onnxruntime alone.
+
+    Inputs: waveforms float32 \\[batch, num_samples] (mono at the model's sample rate), plus salience int64 \\[batch] (1 foreground, 2 background) for the fusion solutions. Output: the fold-averaged class probabilities \\[batch, 10]. The mel spectrogram and PCEN are inside the graph; the batch size is free.
+    """
     from rich.console import Console
 
     from core.atomic import check_writable

@@ -7,7 +7,8 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command("report")(report)
+    app.command("report", short_help="Results of the trained solutions in lineage order, with each one's gain "
+                                     "over its parent; writes report.md and report.png.")(report)
 
 
 def report(
@@ -15,8 +16,7 @@ def report(
                                                               "results under --solutions]."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
 ) -> None:
-    """Table of solutions (protocol, folds done, mean +- std, OOF/test composite, gain over the lineage parent,
-    parameters, epochs, training time); writes SOLUTIONS/report.md and report.png."""
+    """Table of solutions in lineage order: protocol, folds done, mean +- std of the fold composites, OOF and test composite, gain over the lineage parent on the same protocol, parameters, epochs, training time. Writes SOLUTIONS/report.md and SOLUTIONS/report.png (bars with +- std)."""
     from rich.console import Console
     from rich.table import Table
 

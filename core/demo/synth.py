@@ -376,6 +376,13 @@ def event_sequence(rng: np.random.Generator, duration: float, count: int, length
     return events
 
 
+def event_spans(rng: np.random.Generator, sample_rate: int, num_frames: int, count: int,
+                length_range: tuple[float, float], gap_range: tuple[float, float]) -> list[tuple[slice, float]]:
+    """(sample span, length in s) of `event_sequence`'s events in a clip of `num_frames` (drawn before use)."""
+    events = event_sequence(rng, num_frames / sample_rate, count, length_range, gap_range)
+    return [(_span(sample_rate, num_frames, onset, length), length) for onset, length in events]
+
+
 def _span(sample_rate: int, num_frames: int, onset: float, length: float) -> slice:
     start = min(int(onset * sample_rate), max(num_frames - 1, 0))
     return slice(start, min(num_frames, start + max(1, int(np.ceil(length * sample_rate)))))
@@ -442,10 +449,8 @@ def children_playing(rng: np.random.Generator, sample_rate: int, num_frames: int
 
 def dog_bark(rng: np.random.Generator, sample_rate: int, num_frames: int) -> np.ndarray:
     """1-4 short raspy barks: a harmonic "wuf" (pitch jumps up, then falls) in a noisy formant band, fast decay."""
-    duration = num_frames / sample_rate
     signal = np.zeros(num_frames)
-    for onset, length in event_sequence(rng, duration, int(rng.integers(1, 5)), (0.1, 0.22), (0.12, 0.45)):
-        span = _span(sample_rate, num_frames, onset, length)
+    for span, length in event_spans(rng, sample_rate, num_frames, int(rng.integers(1, 5)), (0.1, 0.22), (0.12, 0.45)):
         frames = span.stop - span.start
         progress = np.linspace(0.0, 1.0, frames)
         peak_f0 = rng.uniform(450, 800)
@@ -490,10 +495,8 @@ def engine_idling(rng: np.random.Generator, sample_rate: int, num_frames: int) -
 
 def gun_shot(rng: np.random.Generator, sample_rate: int, num_frames: int) -> np.ndarray:
     """1-3 impulsive broadband cracks with a low boom and a decaying reverberant tail."""
-    duration = num_frames / sample_rate
     signal = np.zeros(num_frames)
-    for onset, length in event_sequence(rng, duration, int(rng.integers(1, 4)), (0.3, 1.0), (0.05, 0.5)):
-        span = _span(sample_rate, num_frames, onset, length)
+    for span, _ in event_spans(rng, sample_rate, num_frames, int(rng.integers(1, 4)), (0.3, 1.0), (0.05, 0.5)):
         frames = span.stop - span.start
         crack = rng.standard_normal(frames) * decay_envelope(frames, sample_rate, 0.0, rng.uniform(0.005, 0.02), 0.0005)
         boom = filtered_noise(rng, frames, sample_rate, low=30, high=400) * decay_envelope(

@@ -19,7 +19,7 @@ from core.atomic import write_csv
 from core.data.cache import load_waveforms
 from core.data.metadata import DataSource
 from core.errors import UserError
-from core.folds import FoldRoles, fold_roles
+from core.folds import SALIENCE_VALUES, FoldRoles, fold_roles
 from core.recipe import Augment, Recipe
 from core.train import distributed
 from core.train.distributed import Replicas
@@ -145,7 +145,7 @@ def _test_salience(recipe: Recipe, test: pd.DataFrame, options: TrainOptions) ->
     """A salience model needs test salience from the metadata, or an explicit --test-salience."""
     test = test.copy()
     if options.test_salience is not None:
-        if options.test_salience not in (1, 2):
+        if options.test_salience not in SALIENCE_VALUES:
             raise UserError(f"--test-salience must be 1 (foreground) or 2 (background), got {options.test_salience}")
         test["salience"] = test["salience"].fillna(options.test_salience)
     if recipe.fusion.uses_salience and test["salience"].isna().any():
