@@ -15,15 +15,15 @@ def register(app: typer.Typer) -> None:
 def predict(
     solution: str = typer.Argument(..., help="A trained solution (its checkpoints are in --solutions/<solution>)."),
     data: Path = typer.Option(..., help="Data folder whose test split is predicted."),
+    test_salience: TestSalience = None,          # how to read the data's test split ...
+    skip_bad_audio: SkipBadAudio = False,
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
     out: Path | None = typer.Option(None, help="Where the per-fold CSVs go [default: <solution dir>/predict-<data folder name>]."),
     submission: Path | None = typer.Option(None, help="Fold-average submission [default: submissions/<solution>-<data folder name>.csv]."),
     batch_size: int = typer.Option(64, help="Clips per batch."),
-    device: Device = "auto",
+    device: Device = "auto",                     # ... and where to run the fold models
     precision: Precision = "auto",
     workers: Workers = 0,
-    test_salience: TestSalience = None,
-    skip_bad_audio: SkipBadAudio = False,
     progress: Progress = True,
 ) -> None:
     """Predict the test split with every fold model in one pass over the audio; write CSVs and a submission."""
