@@ -75,14 +75,12 @@ def fold_score(result: dict, protocol: str) -> float:
 
 
 def _time_and_epochs(folder: Path, results: dict[int, dict]) -> tuple[float | None, float | None]:
-    """Training seconds (all folds) and mean epochs per fold, from the results or else the histories."""
+    """Training seconds of all folds (their histories' wall-clock column) and mean epochs per fold."""
     seconds, epochs = [], []
-    for fold, result in results.items():
-        if "train_seconds" in result:
-            seconds.append(result["train_seconds"])
-            epochs.append(result["epochs"])
-        elif (folder / f"history_fold{fold}.csv").exists():
-            history = pd.read_csv(folder / f"history_fold{fold}.csv")
+    for fold in results:
+        history_path = folder / f"history_fold{fold}.csv"
+        if history_path.exists():
+            history = pd.read_csv(history_path)
             seconds.append(float(history["seconds"].sum()))
             epochs.append(len(history))
     if not seconds:

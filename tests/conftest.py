@@ -47,6 +47,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def tiny(name: str):
+    """Solution `name`'s recipe on a small frontend (8 kHz, 32 mels, 4 s clips) and timm's 0.4M-parameter
+    `test_resnet`: same code paths (PCEN, fusion, heads, SAM), a fraction of the compute."""
+    from core import registry
+
+    return registry.get(name).derive(
+        frontend=dict(sample_rate=8000, n_ffts=(256,), hop_length=80, n_mels=32, f_max=4000.0),
+        backbone=dict(arch="test_resnet"), augment=dict(freq_mask=8, time_mask=10))
+
+
 def save_fold_checkpoints(root: Path, name: str, folds=(1,), recipe=None) -> Path:
     """`root/<name>/best_model_fold<k>.pt` of freshly initialised models whose BatchNorm statistics have
     seen a few real-looking clips (a stand-in for trained checkpoints: same files, same loading path)."""

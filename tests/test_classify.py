@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
-from conftest import REPO, demo_clip, save_fold_checkpoints, subprocess_env
+from conftest import REPO, demo_clip, save_fold_checkpoints, subprocess_env, tiny
 
 from core import CLASS_NAMES
 from core.blend import combine
@@ -30,10 +30,12 @@ BASELINE, FUSION = "resnet34_pcen_sam_8fold", "resnet34_pcen_salience_fusion_att
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two folds of the baseline and one of a concat-fusion model, as `train` would leave them."""
+    """Two folds of the baseline and one of a concat-fusion model, as `train` would leave them (small
+    frontends and backbones: classification does not depend on the model's size; tests/test_export.py
+    runs the real architectures)."""
     root = tmp_path_factory.mktemp("solutions")
-    save_fold_checkpoints(root, BASELINE, folds=(1, 2))
-    save_fold_checkpoints(root, FUSION, folds=(3,))
+    save_fold_checkpoints(root, BASELINE, folds=(1, 2), recipe=tiny(BASELINE))
+    save_fold_checkpoints(root, FUSION, folds=(3,), recipe=tiny(FUSION))
     return root
 
 
@@ -149,10 +151,6 @@ def test_cli_a_corrupt_file_gets_no_row_and_exit_2(trained, recordings, tmp_path
 
 
 def test_cli_clear_errors_and_no_output_file(trained, recordings, tmp_path):
-    import dataclasses
-
-    from core import registry
-
     out = tmp_path / "out.csv"
     (tmp_path / "empty").mkdir()
     cases = [
@@ -160,14 +158,13 @@ def test_cli_clear_errors_and_no_output_file(trained, recordings, tmp_path):
         (("classify", recordings, "--solution", "resnet34_attention"), "train resnet34_attention first"),
         (("classify", recordings), "exactly one of --solution"),
     ]
-    other = registry.get(BASELINE)
-    other = other.derive(name="resampled", frontend=dict(clip_seconds=2.0))
-    save_fold_checkpoints(tmp_path / "sols", "resampled", recipe=dataclasses.replace(other, name="resampled"))
-    save_fold_checkpoints(tmp_path / "sols", BASELINE)
+    other = tiny(BASELINE).derive(name="resampled", frontend=dict(clip_seconds=2.0))
+    save_fold_checkpoints(tmp_path / "sols", "resampled", recipe=other)
+    save_fold_checkpoints(tmp_path / "sols", BASELINE, recipe=tiny(BASELINE))
     cases.append((("classify", recordings, "--solution", BASELINE, "--solution", "resampled",
                    "--solutions", tmp_path / "sols"), "disagree on sample rate"))
     wrong = tmp_path / "wrong"
-    save_fold_checkpoints(wrong, FUSION)
+    save_fold_checkpoints(wrong, FUSION, recipe=tiny(FUSION))
     (wrong / BASELINE).mkdir()
     (wrong / FUSION / "best_model_fold1.pt").rename(wrong / BASELINE / "best_model_fold1.pt")
     cases.append((("classify", recordings, "--solution", BASELINE, "--solutions", wrong), "belongs to solution"))

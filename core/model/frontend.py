@@ -44,16 +44,20 @@ class PCENFrontend(nn.Module):
         No trainable weights: models with the same mel settings can share this work (core/classify.py).
         """
         waveforms = waveforms.float()
-        with torch.no_grad():
-            return [mel(waveforms) for mel in self.mels]
+        with torch.no_grad(), torch.autocast(device_type=waveforms.device.type, enabled=False):
+            return [mel(waveforms) for mel in self.mels]  # float32 under any autocast (see the module docstring)
 
     def normalise(self, energies: list[Tensor]) -> Tensor:
         """Mel energies -> PCEN features [B, channels, n_mels, frames]."""
         return torch.stack([pcen(energy) for pcen, energy in zip(self.pcens, energies, strict=True)], dim=1)
 
-    def forward(self, waveforms: Tensor) -> Tensor:
-        """waveforms: float [B, num_samples]. Returns PCEN features [B, channels, n_mels, frames]."""
-        return self.normalise(self.mel_energies(waveforms))
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
+        """Waveforms float [B, num_samples], or their `mel_energies` -> PCEN features [B, channels, n_mels, frames].
+
+        Taking the energies too keeps this a module call (forward hooks see it) when they are shared.
+        """
+        energies = inputs if isinstance(inputs, list) else self.mel_energies(inputs)
+        return self.normalise(energies)
 
 
 def _concrete_device() -> contextlib.AbstractContextManager:
@@ -90,12 +94,12 @@ class AudioInput(nn.Module):
         self.spec_augment = SpecAugment(augment)
         self.input_bn = nn.BatchNorm2d(frontend.channels)
 
-    def forward(self, waveforms: Tensor) -> Tensor:
-        """waveforms [B, num_samples] -> normalised features [B, channels, n_mels, frames] (float32)."""
-        return self.from_energies(self.frontend.mel_energies(waveforms))
+    def forward(self, inputs: Tensor | list[Tensor]) -> Tensor:
+        """Waveforms [B, num_samples] or their mel energies -> normalised features [B, C, n_mels, frames].
 
-    def from_energies(self, energies: list[Tensor]) -> Tensor:
-        """Mel energies (PCENFrontend.mel_energies) -> normalised features, in float32 under any autocast."""
-        with torch.autocast(device_type=energies[0].device.type, enabled=False):
-            features = self.spec_augment(self.frontend.normalise(energies))
+        float32 under any autocast.
+        """
+        device = (inputs[0] if isinstance(inputs, list) else inputs).device
+        with torch.autocast(device_type=device.type, enabled=False):
+            features = self.spec_augment(self.frontend(inputs))
             return self.input_bn(features)

@@ -70,7 +70,7 @@ class AudioClassifier(nn.Module):
                          mix: tuple[float, Tensor] | None = None) -> Tensor:
         """Mel energies -> logits, without input checks (`forward` checks; exported graphs check outside)."""
         condition = self.salience(salience.long(), mix) if self.uses_salience else None
-        maps = self.backbone(self.audio_input.from_energies(energies))
+        maps = self.backbone(self.audio_input(energies))
         if self.film is not None:
             maps = self.film(maps, condition)
         sequence = maps.mean(dim=2)                                       # over frequency: [B, C, T]

@@ -158,8 +158,7 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
     roles = data.roles(result.fold)
     fold_result = {"fold": result.fold, "protocol": data.protocol, "validation_fold": roles.validation,
                    "best_epoch": result.best_epoch, **result.best.as_dict(), "epochs": len(result.history),
-                   "train_seconds": float(sum(row["seconds"] for row in result.history)),
-                   "fingerprint": result.fingerprint}
+                   "fingerprint": result.fingerprint}  # no wall-clock time: a resumed run writes the same file
     keys = ["slice_file_name", "fold", "classID"]
     test_rows = data.test_rows(result.fold)
     if test_rows is not None:  # us8k-10fold: the held-out fold, seen here for the first time
