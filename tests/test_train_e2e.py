@@ -12,12 +12,14 @@ from core.data.metadata import load_source
 from core.train.options import TrainOptions
 from core.train.solution import train_solution
 
+# fp32 throughout: on CPUs without AVX-512 BF16 (this CI's AMD EPYC) bf16 autocast is emulated and ~5x
+# slower; bf16 itself is covered by tests/test_models.py and, on a GPU, tests/test_cuda.py.
 
 def test_two_folds_one_epoch_write_every_output(tiny_data, tmp_path):
     recipe = registry.get("resnet34_pcen_sam_8fold").derive(training=dict(batch_size=8))
     out = tmp_path / "solutions" / recipe.name
     options = TrainOptions(out=out, submissions=tmp_path / "submissions", folds=(1, 2), epochs=1,
-                           device="cpu", precision="bf16", progress=False, max_clips_per_fold=3)
+                           device="cpu", precision="fp32", progress=False, max_clips_per_fold=3)
     source = load_source(tiny_data)
     summary = train_solution(recipe, source, options)
 
@@ -57,7 +59,7 @@ def test_finished_folds_are_skipped(tiny_data, tmp_path):
     recipe = registry.get("resnet34_pcen_sam_8fold").derive(training=dict(batch_size=8))
     out = tmp_path / "out"
     options = TrainOptions(out=out, submissions=tmp_path / "subs", folds=(3,), epochs=1, device="cpu",
-                           precision="bf16", progress=False, max_clips_per_fold=1)
+                           precision="fp32", progress=False, max_clips_per_fold=1)
     source = load_source(tiny_data)
     train_solution(recipe, source, options)
     written = (out / "best_model_fold3.pt").stat().st_mtime_ns
@@ -74,7 +76,7 @@ def test_a_finished_fold_from_other_settings_is_refused(tiny_data, tmp_path):
 
     recipe = registry.get("resnet34_pcen_sam_8fold").derive(training=dict(batch_size=8))
     options = TrainOptions(out=tmp_path / "out", submissions=tmp_path / "subs", folds=(2,), epochs=1, device="cpu",
-                           precision="bf16", progress=False, max_clips_per_fold=1)
+                           precision="fp32", progress=False, max_clips_per_fold=1)
     source = load_source(tiny_data)
     train_solution(recipe, source, options)
     with pytest.raises(UserError, match="other settings"):

@@ -566,7 +566,7 @@ def tune_command(data: Path, storage_url: str, study: str, space: Path, trials: 
     return [sys.executable, "-m", "core", "tune", "resnet34_pcen_sam_8fold", "--trials", str(trials),
             "--storage", storage_url, "--study", study, "--data", str(data), "--folds", folds,
             "--epochs", "1", "--max-clips-per-fold", "1", "--space", str(space), "--device", "cpu",
-            "--precision", "bf16"]
+            "--precision", "fp32"]  # bf16 is emulated (many times slower) on CPUs without AVX-512 BF16
 
 
 def tune_env() -> dict[str, str]:
@@ -607,6 +607,7 @@ def check_two_workers_share_one_study(storage_url: str, data: Path, tmp_path: Pa
             assert 0.0 <= trial.value <= 1.0
 
 
+@pytest.mark.slow  # ~100 s here; CI runs the same two-worker sharing against PostgreSQL (tests/test_tune_postgres.py)
 def test_two_worker_processes_share_one_sqlite_study(tiny_data, tmp_path):
     check_two_workers_share_one_study(f"sqlite:///{tmp_path / 'optuna.db'}", tiny_data, tmp_path)
 

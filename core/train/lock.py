@@ -1,8 +1,9 @@
 """One training run per output folder (or fold): an exclusive flock on `<folder>/.lock`, held for the run.
 
-The lock file names its holder's PID while held (for the refusal message) and is emptied on release;
-a killed run's lock is released by the kernel, so the next run takes it over (the file may still
-show the dead PID until then).
+The lock file names its holder's PID while held (for the refusal message) and is removed on release
+(while still locked; a process that opened the old file notices the removal and retries). A killed
+run's flock is released by the kernel, so the next run takes it over; its file, naming the dead PID,
+stays until then.
 """
 from __future__ import annotations
 
@@ -19,17 +20,31 @@ from core.errors import UserError
 def folder_lock(folder: Path) -> Iterator[None]:
     """Hold `folder/.lock` for the duration; refuse at once if a live process holds it."""
     folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
 
     def busy(holder: str) -> UserError:
         return UserError(f"{folder} is in use by another training run (PID {holder or 'unknown'}); wait for it to "
                          "finish or choose another --out")
 
-    with exclusive_lock(folder / ".lock", wait=False, busy=busy) as handle:
-        _write(handle, str(os.getpid()))
-        try:
-            yield
-        finally:
-            _write(handle, "")
+    for _ in range(100):  # another run may remove the file between our open and our flock: take the new one
+        with exclusive_lock(path, wait=False, busy=busy) as handle:
+            if not _is_current(path, handle):
+                continue
+            _write(handle, str(os.getpid()))
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # still locked: nobody can hold the removed file's lock
+            return
+    raise UserError(f"could not take the lock {path}; remove it if no training run is using {folder}")
+
+
+def _is_current(path: Path, handle) -> bool:
+    """Whether the locked open file is still the one at `path` (not removed by its last holder)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _write(handle, text: str) -> None:

@@ -74,9 +74,9 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
                     (out / f"last_fold{fold}.pt").unlink(missing_ok=True)  # a kill can land between the two
             else:
                 result = train_logged_fold(recipe, data, fold, options, progress)
-                write_fold_outputs(recipe, data, result, options)
-                if main and options.write_outputs:
+                if main and options.write_outputs:  # before the result file marks the fold done
                     plot_fold_curves(recipe, out, [fold], out / f"curves_fold{fold}.png")
+                write_fold_outputs(recipe, data, result, options)
             progress.advance("folds")
         summary = write_solution_outputs(recipe, data, options) if main else None
         return distributed.broadcast_object(summary)
