@@ -155,11 +155,10 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     from core.blend import combine
     from core.model.ensemble import FoldEnsemble
     from core.train.fold import Runtime
-    from core.train.precision import autocast, configure_backends, resolve_device, resolve_precision
+    from core.train.precision import autocast, configure_backends
     from core.train.predict import load_fold_models
 
-    target = resolve_device(device)
-    runtime = Runtime(target, resolve_precision(precision, target), channels_last=target.type == "cuda")
+    runtime = Runtime.resolve(device, precision)
     configure_backends(runtime.device)
     ensembles, rates, lengths = [], {}, {}
     for name in solution_names:

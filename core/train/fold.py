@@ -80,10 +80,14 @@ class Runtime:
 
     @classmethod
     def from_options(cls, options: TrainOptions) -> Runtime:
-        device = distributed.replica_device(resolve_device(options.device), distributed.current())
-        precision = resolve_precision(options.precision, device)
-        channels_last = device.type == "cuda" if options.channels_last is None else options.channels_last
-        return cls(device, precision, channels_last)
+        return cls.resolve(options.device, options.precision, options.channels_last)
+
+    @classmethod
+    def resolve(cls, device: str, precision: str, channels_last: bool | None = None) -> Runtime:
+        """--device/--precision ("auto" included) -> this process's device (its replica's under torchrun)."""
+        target = distributed.replica_device(resolve_device(device), distributed.current())
+        layout = target.type == "cuda" if channels_last is None else channels_last
+        return cls(target, resolve_precision(precision, target), layout)
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:
