@@ -27,6 +27,7 @@ from core.metrics import Scores, score
 from core.model.network import build_model
 from core.progress import TrainProgress
 from core.recipe import Recipe
+from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed
 from core.train.data import (
     PreparedData,
@@ -41,6 +42,7 @@ from core.train.data import (
 from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler, autocast, configure_backends, resolve_device, resolve_precision
+from core.train.run_identity import IDENTITY_KEY, RunIdentity, check_identity, run_identity
 from core.train.sam import SAM
 from core.train.schedules import Schedule, build_schedule
 
@@ -67,7 +69,7 @@ class FoldResult:
     best_epoch: int
     best: Scores
     history: list[dict] = field(default_factory=list)
-    fingerprint: str = ""
+    identity: RunIdentity | None = None
 
 
 @dataclass
@@ -157,18 +159,16 @@ class FoldSettings:
                    runtime=Runtime.from_options(options))
 
 
-def fold_fingerprint(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions) -> str:
-    """What must match for a fold's resume state or finished outputs to belong to this run."""
+def fold_identity(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions) -> RunIdentity:
+    """What must match for a fold's resume state or finished outputs to belong to this run.
+
+    The precision is the one actually used (what `auto` resolved to here): machines of other kinds
+    agree only when --precision is pinned (docs/gpu.md).
+    """
     settings = FoldSettings.resolve(recipe, options)
-    replicas = distributed.current()
-    # Another process count changes every batch, so it is part of the run (one process keeps the old key);
-    # so does another protocol (the kaggle protocol keeps the old key).
-    extra = {"world_size": replicas.world_size} if replicas.enabled else {}
-    if data.protocol != "kaggle":
-        extra["protocol"] = data.protocol
-    return checkpoint.fingerprint(recipe, epochs=settings.epochs, seed=settings.seed, fold=fold,
-                                  data=str(data.source.root), clips=len(data.train.table),
-                                  precision=settings.runtime.precision, **extra)
+    return run_identity(recipe, fold=fold, epochs=settings.epochs, seed=settings.seed, protocol=data.protocol,
+                        processes=distributed.current().world_size, precision=settings.runtime.precision,
+                        train_table=data.train.table)
 
 
 @dataclass
@@ -193,31 +193,40 @@ class TrainingParts:
 
 @dataclass
 class ResumeState:
-    """Where a fold stands after its last finished epoch; saved every epoch as last_fold<k>.pt."""
+    """Where a fold stands after its last finished epoch; saved every epoch as last_fold<k>.pt.
+
+    No RNG state: every epoch reseeds from (seed, fold, epoch) (`seed_all`), so none is needed.
+    """
 
     epoch: int = 0
     best_value: float = -math.inf
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def save(self, path: Path, solution: str, run_key: str, parts: TrainingParts) -> None:
+    def save(self, path: Path, solution: str, identity: RunIdentity, parts: TrainingParts) -> None:
         checkpoint.save_torch_state(path, {
-            "solution": solution, "fingerprint": run_key, "epoch": self.epoch, **parts.state_dicts(),
-            "rng": checkpoint.rng_state(), "best_value": self.best_value, "best_epoch": self.best_epoch,
-            "history": self.history,
+            "solution": solution, IDENTITY_KEY: identity.fields, "epoch": self.epoch, **parts.state_dicts(),
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "history": self.history,
         })
 
     @classmethod
-    def restore(cls, path: Path, run_key: str, parts: TrainingParts, enabled: bool) -> ResumeState:
-        """The state saved in `path` loaded into `parts` (rank 0 reads, every rank loads); fresh if none."""
+    def restore(cls, folder: SolutionFolder, fold: int, identity: RunIdentity, parts: TrainingParts,
+                enabled: bool) -> ResumeState:
+        """The state saved for `fold` loaded into `parts` (rank 0 reads, every rank loads); fresh if none.
+
+        Rank 0 also settles the best checkpoint the state records (see `settle_best_checkpoint`).
+        """
         if not enabled:  # no files at all (hyper-parameter trials)
             return cls()
         replicas = distributed.current()
-        state = distributed.broadcast_object(read_resume_state(path, run_key) if replicas.is_main else None)
+        state = None
+        if replicas.is_main:
+            state = read_resume_state(folder, fold, identity)
+            settle_best_checkpoint(folder, fold, state["best_epoch"] if state else 0)
+        state = distributed.broadcast_object(state)
         if state is None:
             return cls()
         parts.load_state_dicts(state)
-        checkpoint.set_rng_state(state["rng"])
         return cls(state["epoch"], state["best_value"], state["best_epoch"], list(state["history"]))
 
     def record(self, epoch: int, value: float) -> bool:
@@ -239,7 +248,9 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
 
     Trains on the protocol's train folds and picks the best epoch on its validation fold (the
     recipe's select_metric, strictly better only); a test fold is not touched here. Every epoch
-    saves the resume state; the best epoch also saves best_model_fold<k>.pt. Under torchrun every
+    saves the resume state; a best epoch's checkpoint is staged first and published as
+    best_model_fold<k>.pt only once the resume state records it, so after a kill anywhere the best
+    checkpoint, history and result agree even if a replayed epoch scores differently. Under torchrun every
     rank calls this; rank 0 alone writes files (see core/train/distributed.py).
     """
     settings = FoldSettings.resolve(recipe, options)
@@ -253,9 +264,9 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
     train_model = distributed.wrap_model(parts.model, runtime.device) if replicas.enabled else parts.model
     train_rows, val_rows = data.fold_rows(fold)
     resident = make_resident(data.train, runtime.device) if options.device_cache else None
-    run_key = fold_fingerprint(recipe, data, fold, options)
-    last_path = settings.out / f"last_fold{fold}.pt"
-    state = ResumeState.restore(last_path, run_key, parts, options.write_outputs)
+    identity = fold_identity(recipe, data, fold, options)
+    folder = SolutionFolder(settings.out)
+    state = ResumeState.restore(folder, fold, identity, parts, options.write_outputs)
     if state.epoch:
         progress.log(f"fold {fold}: resuming after epoch {state.epoch} (best {state.best_value:.4f} at epoch "
                      f"{state.best_epoch})")
@@ -265,14 +276,16 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
     for epoch in range(state.epoch + 1, settings.epochs + 1):
         record = run_one_epoch(recipe, data, fold, epoch, options, settings, parts, train_model, train_rows,
                                val_rows, resident, state, progress)
-        if settings.writes:
-            write_csv(pd.DataFrame(state.history), settings.out / f"history_fold{fold}.csv")
-            state.save(last_path, recipe.name, run_key, parts)
+        if settings.writes:  # the best candidate (staged) -> history -> resume state -> the best published
+            write_csv(pd.DataFrame(state.history), folder.history(fold))
+            state.save(folder.resume(fold), recipe.name, identity, parts)
+            if record.best:
+                folder.staged_best(fold).replace(folder.best_model(fold))
         if on_epoch is not None:
             on_epoch(record)
     best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
     best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
-    return FoldResult(fold, state.best_epoch, best, state.history, run_key)
+    return FoldResult(fold, state.best_epoch, best, state.history, identity)
 
 
 def build_training_parts(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
@@ -311,9 +324,9 @@ def run_one_epoch(recipe: Recipe, data: PreparedData, fold: int, epoch: int, opt
     if not schedule.per_batch:
         schedule.scheduler.step()
     improved = state.record(epoch, getattr(val_scores, recipe.training.select_metric))
-    if improved and settings.writes:
-        checkpoint.save_best(settings.out / f"best_model_fold{fold}.pt", recipe, fold, epoch, val_scores.as_dict(),
-                             model)
+    if improved and settings.writes:  # published by train_fold once the resume state records it
+        checkpoint.save_best(SolutionFolder(settings.out).staged_best(fold), recipe, fold, epoch,
+                             val_scores.as_dict(), model)
     record = EpochRecord(fold, epoch, lr, train_loss, train_accuracy, val_loss, val_scores.accuracy,
                          val_scores.macro_f1, val_scores.composite, time.perf_counter() - started, skipped, improved)
     state.history.append(asdict(record))
@@ -325,16 +338,36 @@ def run_one_epoch(recipe: Recipe, data: PreparedData, fold: int, epoch: int, opt
     return record
 
 
-def read_resume_state(last_path: Path, run_key: str) -> dict | None:
-    """The resume state in `last_path` if there is one; refuse a state of another run's settings."""
-    if not last_path.exists():
+def read_resume_state(folder: SolutionFolder, fold: int, identity: RunIdentity) -> dict | None:
+    """The resume state of `fold` if there is one; refuse a state of another run's settings."""
+    path = folder.resume(fold)
+    if not path.exists():
         return None
-    state = checkpoint.load(last_path)
-    if state.get("fingerprint") != run_key:
-        raise UserError(f"{last_path} was written by a run with other settings (recipe, epochs, seed, data, "
-                        f"precision, protocol or number of processes). Use another --out, or delete "
-                        f"{last_path.parent} to start over.")
+    state = checkpoint.load(path)
+    check_identity(identity, state.get(IDENTITY_KEY), str(path), fold,
+                   f"delete {path} to train fold {fold} from its first epoch")
     return state
+
+
+def settle_best_checkpoint(folder: SolutionFolder, fold: int, best_epoch: int) -> None:
+    """Make best_model_fold<k>.pt the checkpoint of `best_epoch`, the best epoch the resume state records.
+
+    A staged candidate of that epoch was killed before its publication: publish it. A staged
+    candidate of a later epoch was never recorded (that epoch is replayed): drop it. Without a
+    resume state (`best_epoch` 0) the fold starts over and no earlier best checkpoint may survive.
+    """
+    staged, best = folder.staged_best(fold), folder.best_model(fold)
+    if staged.exists():
+        if best_epoch and checkpoint.load(staged).get("epoch") == best_epoch:
+            staged.replace(best)
+        else:
+            staged.unlink()
+    if not best_epoch:
+        best.unlink(missing_ok=True)
+        return
+    if not best.exists() or checkpoint.load(best).get("epoch") != best_epoch:
+        raise UserError(f"{best} does not hold epoch {best_epoch}, the best epoch {folder.resume(fold)} records "
+                        f"(it was changed by hand?). Delete {folder.resume(fold)} to train fold {fold} again.")
 
 
 def seed_all(seed: int) -> None:

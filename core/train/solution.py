@@ -14,7 +14,6 @@ Under torchrun all ranks run this together and rank 0 alone writes.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +29,13 @@ from core.folds import ALL_FOLDS, fold_roles
 from core.metrics import confusion, score
 from core.progress import TrainProgress
 from core.recipe import Recipe
+from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed
 from core.train.data import PreparedData, prepare_data
-from core.train.fold import FoldResult, Runtime, build_on_device, fold_fingerprint, predict, train_fold
+from core.train.fold import FoldResult, Runtime, build_on_device, fold_identity, predict, train_fold
 from core.train.lock import folder_lock
 from core.train.options import TrainOptions
+from core.train.run_identity import IDENTITY_KEY, check_identity
 
 
 @dataclass
@@ -52,6 +53,7 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
                    progress: TrainProgress | None = None) -> SolutionSummary:
     """Train every requested fold not yet finished in `options.out`, then write the solution outputs."""
     out = Path(options.out)
+    folder = SolutionFolder(out)
     main = distributed.current().is_main
     if main:
         check_writable(out)
@@ -65,17 +67,17 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
         data = prepare_data(recipe, source, options)
         progress.start("folds", len(folds), "folds")
         for fold in folds:
-            result_path = out / f"result_fold{fold}.json"
+            result_path = folder.result(fold)
             if distributed.broadcast_object(result_path.exists() if main else None):
                 if main:
-                    check_same_run(result_path, fold_fingerprint(recipe, data, fold, options))
+                    check_finished_fold(recipe, data, options, fold)
                 progress.log(f"fold {fold}: finished earlier ({result_path.name}), skipped")
                 if main:
-                    (out / f"last_fold{fold}.pt").unlink(missing_ok=True)  # a kill can land between the two
+                    folder.resume(fold).unlink(missing_ok=True)  # a kill can land between the two
             else:
                 result = train_logged_fold(recipe, data, fold, options, progress)
                 if main and options.write_outputs:  # before the result file marks the fold done
-                    plot_fold_curves(recipe, out, [fold], out / f"curves_fold{fold}.png")
+                    plot_fold_curves(recipe, folder, [fold], folder.curves(fold))
                 write_fold_outputs(recipe, data, result, options)
             progress.advance("folds")
         summary = write_solution_outputs(recipe, data, options) if main else None
@@ -98,12 +100,12 @@ def train_logged_fold(recipe: Recipe, data: PreparedData, fold: int, options: Tr
     return result
 
 
-def plot_fold_curves(recipe: Recipe, out: Path, folds: list[int], path: Path) -> None:
+def plot_fold_curves(recipe: Recipe, folder: SolutionFolder, folds: list[int], path: Path) -> None:
     """Training curves of `folds` from their history files (one fold, or all overlaid)."""
     from core.plots import plot_curves
 
-    histories = {fold: pd.read_csv(out / f"history_fold{fold}.csv").to_dict("records") for fold in folds
-                 if (out / f"history_fold{fold}.csv").exists()}
+    histories = {fold: pd.read_csv(folder.history(fold)).to_dict("records") for fold in folds
+                 if folder.history(fold).exists()}
     if histories:
         what = f"fold {folds[0]}" if len(folds) == 1 else f"folds {','.join(map(str, histories))}"
         plot_curves(histories, f"{recipe.name}: training curves, {what}", path)
@@ -116,10 +118,6 @@ def quiet_progress() -> TrainProgress:
     return TrainProgress(False, Console(stderr=True, quiet=True))
 
 
-FOLD_FILES = ("best_model_fold{k}.pt", "best_model_fold{k}.csv", "oof_fold{k}.csv", "history_fold{k}.csv",
-              "result_fold{k}.json", "last_fold{k}.pt", "test_fold{k}.csv", "curves_fold{k}.png")
-
-
 @contextlib.contextmanager
 def fold_locks(out: Path, folds: tuple[int, ...]) -> Iterator[None]:
     """Hold `folds` of `out` (out/.locks/fold<k>) on rank 0; clear the temp files killed runs left for them.
@@ -129,14 +127,15 @@ def fold_locks(out: Path, folds: tuple[int, ...]) -> Iterator[None]:
     if not distributed.current().is_main:
         yield
         return
+    folder = SolutionFolder(out)
     with contextlib.ExitStack() as held:
         for fold in folds:
             try:
-                held.enter_context(folder_lock(out / ".locks" / f"fold{fold}"))
+                held.enter_context(folder_lock(folder.fold_lock(fold)))
             except UserError as error:
                 raise UserError(f"fold {fold} of {out} is being trained by another run: {error}") from error
-            for name in FOLD_FILES:
-                for leftover in out.glob(f".{name.format(k=fold)}.*{TEMP_SUFFIX}"):
+            for path in folder.fold_files(fold):
+                for leftover in out.glob(f".{path.name}.*{TEMP_SUFFIX}"):
                     leftover.unlink(missing_ok=True)
         yield
 
@@ -147,18 +146,18 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
     kaggle: OOF of validation fold k and the test split; us8k-10fold: test fold k. Under torchrun
     every rank predicts its shard with rank 0's checkpoint; rank 0 writes.
     """
-    out = Path(options.out)
+    folder = SolutionFolder(options.out)
     main = distributed.current().is_main
     runtime = Runtime.from_options(options)
     model = build_on_device(recipe, runtime, 0, result.fold)
     if main:
-        checkpoint.load_best_into(out / f"best_model_fold{result.fold}.pt", model, recipe.name)
+        checkpoint.load_best_into(folder.best_model(result.fold), model, recipe.name)
     distributed.broadcast_module(model)
     batch_size = distributed.per_replica_batch(recipe.training.batch_size, distributed.current())
     roles = data.roles(result.fold)
     fold_result = {"fold": result.fold, "protocol": data.protocol, "validation_fold": roles.validation,
                    "best_epoch": result.best_epoch, **result.best.as_dict(), "epochs": len(result.history),
-                   "fingerprint": result.fingerprint}  # no wall-clock time: a resumed run writes the same file
+                   IDENTITY_KEY: result.identity.fields}  # no wall-clock time: a resumed run writes the same file
     keys = ["slice_file_name", "fold", "classID"]
     test_rows = data.test_rows(result.fold)
     if test_rows is not None:  # us8k-10fold: the held-out fold, seen here for the first time
@@ -166,11 +165,11 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
         if not main:
             return
         table = data.train.table.iloc[test_rows][keys].reset_index(drop=True)
-        write_csv(with_probabilities(table, test_probs), out / f"test_fold{result.fold}.csv")
+        write_csv(with_probabilities(table, test_probs), folder.test(result.fold))
         fold_result["test_fold"] = roles.test
         fold_result["test"] = score(table["classID"].to_numpy(), test_probs.argmax(axis=1)).as_dict()
-        write_json(fold_result, out / f"result_fold{result.fold}.json")
-        (out / f"last_fold{result.fold}.pt").unlink(missing_ok=True)
+        write_json(fold_result, folder.result(result.fold))
+        folder.resume(result.fold).unlink(missing_ok=True)
         return
     _, val_rows = data.fold_rows(result.fold)
     oof_probs, _ = predict(model, data.train, val_rows, batch_size, runtime, options)
@@ -178,21 +177,20 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
     if not main:
         return
     oof = data.train.table.iloc[val_rows][keys].reset_index(drop=True)
-    write_csv(with_probabilities(oof, oof_probs), out / f"oof_fold{result.fold}.csv")
+    write_csv(with_probabilities(oof, oof_probs), folder.oof(result.fold))
     test = data.test.table[["ID"]].reset_index(drop=True)
-    write_csv(with_probabilities(test, test_probs), out / f"best_model_fold{result.fold}.csv")
+    write_csv(with_probabilities(test, test_probs), folder.best_predictions(result.fold))
     if has_labels(data):
         fold_result["test"] = score(test_labels(data), test_probs.argmax(axis=1)).as_dict()
-    write_json(fold_result, out / f"result_fold{result.fold}.json")
-    (out / f"last_fold{result.fold}.pt").unlink(missing_ok=True)  # the resume state is no longer needed
+    write_json(fold_result, folder.result(result.fold))
+    folder.resume(result.fold).unlink(missing_ok=True)  # the resume state is no longer needed
 
 
-def check_same_run(result_path: Path, fingerprint: str) -> None:
-    """A finished fold is reused only if it was trained with these settings (recipe, epochs, seed, data)."""
-    stored = json.loads(result_path.read_text()).get("fingerprint")
-    if stored != fingerprint:
-        raise UserError(f"{result_path} was finished by a run with other settings (recipe, epochs, seed, data or "
-                        f"precision). Use another --out, or delete {result_path.parent} to train again.")
+def check_finished_fold(recipe: Recipe, data: PreparedData, options: TrainOptions, fold: int) -> None:
+    """A finished fold is reused (or merged) only if this run would compute it the same way."""
+    folder = SolutionFolder(options.out)
+    check_identity(fold_identity(recipe, data, fold, options), folder.read_result(fold).get(IDENTITY_KEY),
+                   str(folder.result(fold)), fold, f"delete {folder.result(fold)} to train fold {fold} again")
 
 
 def with_probabilities(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
@@ -221,47 +219,69 @@ def write_solution_outputs(recipe: Recipe, data: PreparedData, options: TrainOpt
     Rewritten until no other run finished a fold in between (runs sharing the folder), so the run
     that writes last has read every fold finished before it wrote.
     """
-    out = Path(options.out)
+    folder = SolutionFolder(options.out)
     while True:
-        finished = finished_folds(out)
+        finished = folder.finished_folds()
         summary = write_summary_of(recipe, data, options, finished)
-        if finished_folds(out) == finished:
+        if folder.finished_folds() == finished:
             return summary
 
 
-def finished_folds(out: Path) -> list[int]:
-    """Folds with a result file in `out`, in order."""
-    return sorted(int(path.stem.removeprefix("result_fold")) for path in out.glob("result_fold*.json"))
-
-
 def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, folds: list[int]) -> SolutionSummary:
-    """summary.json, oof_confusion.png and the submission from the finished `folds`."""
-    out = Path(options.out)
-    results = {fold: json.loads((out / f"result_fold{fold}.json").read_text()) for fold in folds}
-    if not results:
-        raise UserError(f"no finished fold in {out}")
-    plot_fold_curves(recipe, out, list(results), out / "curves.png")
+    """summary.json, oof_confusion.png and the submission from the finished `folds`.
+
+    Every fold, trained by this run or not, must have this run's identity (but its fold number) and
+    hold the same test clips; its probabilities are aligned on the clips' IDs, never on row positions.
+    """
+    folder = SolutionFolder(options.out)
+    if not folds:
+        raise UserError(f"no finished fold in {folder.root}")
+    for fold in folds:
+        check_finished_fold(recipe, data, options, fold)
+    results = folder.read_results(folds)
+    plot_fold_curves(recipe, folder, list(results), folder.all_curves)
     if data.protocol == "us8k-10fold":
-        return write_ten_fold_summary(recipe, data, out, results)
+        return write_ten_fold_summary(recipe, data, folder, results)
     cv_mean = {key: float(np.mean([r[key] for r in results.values()])) for key in ("accuracy", "macro_f1", "composite")}
-    oof = pd.concat([pd.read_csv(out / f"oof_fold{fold}.csv") for fold in results], ignore_index=True)
+    oof = pd.concat([pd.read_csv(folder.oof(fold)) for fold in results], ignore_index=True)
     oof_scores = score(oof["classID"].to_numpy(), oof["TARGET"].to_numpy())
     from core.plots import plot_confusion
 
     plot_confusion(confusion(oof["classID"].to_numpy(), oof["TARGET"].to_numpy()), CLASS_NAMES,
                    f"{recipe.name}: out-of-fold (folds {','.join(map(str, results))}), "
-                   f"composite {oof_scores.composite:.4f}", out / "oof_confusion.png")
-    test_probs = np.mean([pd.read_csv(out / f"best_model_fold{fold}.csv")[PROB_COLUMNS].to_numpy()
+                   f"composite {oof_scores.composite:.4f}", folder.oof_confusion)
+    ids = data.test.table["ID"]
+    test_probs = np.mean([aligned_probabilities(folder, folder.best_predictions(fold), fold, "ID", ids)
                           for fold in results], axis=0)
-    ids = pd.read_csv(out / f"best_model_fold{next(iter(results))}.csv")["ID"]
-    submission = pd.DataFrame({"ID": ids, "TARGET": test_probs.argmax(axis=1)})
+    submission = pd.DataFrame({"ID": ids.to_numpy(), "TARGET": test_probs.argmax(axis=1)})
     submission_path = write_csv(submission, Path(options.submissions) / f"{recipe.name}.csv")
     test_scores = score(test_labels(data), submission["TARGET"].to_numpy()).as_dict() if has_labels(data) else None
     summary = SolutionSummary(recipe.name, results, cv_mean, test_scores, submission_path)
     write_json({"solution": recipe.name, "protocol": "kaggle", "folds": {str(k): v for k, v in results.items()},
                 "cv_mean": cv_mean, "oof": oof_scores.as_dict(), "test_fold_average": test_scores,
-                "submission": str(submission_path), "fold_leakage": data.source.fold_leakage}, out / "summary.json")
+                "test_clips": len(ids), "submission": str(submission_path),
+                "fold_leakage": data.source.fold_leakage}, folder.summary)
     return summary
+
+
+def aligned_probabilities(folder: SolutionFolder, path: Path, fold: int, key: str, expected: pd.Series) -> np.ndarray:
+    """The class probabilities in `path`, in the order of `expected` (its `key` column, e.g. ID).
+
+    A fold whose file does not hold exactly the expected clips is refused, naming the fold and the
+    missing and extra IDs: its probabilities cannot be merged with this run's.
+    """
+    frame = pd.read_csv(path, dtype={key: str})
+    wanted = expected.astype(str)
+    have, want = set(frame[key]), set(wanted)
+    missing, extra = sorted(want - have), sorted(have - want)
+    duplicated = sorted(set(frame[key][frame[key].duplicated()]))
+    if missing or extra or duplicated:
+        problems = [f"{len(found)} {what} {key}(s) ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+                    for what, found in (("missing", missing), ("extra", extra), ("repeated", duplicated)) if found]
+        raise UserError(f"fold {fold}: {path} does not hold this run's test clips: {'; '.join(problems)}. It was "
+                        f"made with other test settings (--max-test-clips, --skip-bad-audio, data); delete "
+                        f"{folder.result(fold)} to train fold {fold} again.")
+    return frame.set_index(key).loc[wanted.to_numpy(), PROB_COLUMNS].to_numpy()
 
 
 SCORE_KEYS = ("accuracy", "macro_f1", "composite")
@@ -273,22 +293,31 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
-def write_ten_fold_summary(recipe: Recipe, data: PreparedData, out: Path, results: dict[int, dict]) -> SolutionSummary:
-    """summary.json (per test fold, mean +- std over the folds present), pooled test confusion PNG."""
+def write_ten_fold_summary(recipe: Recipe, data: PreparedData, folder: SolutionFolder,
+                           results: dict[int, dict]) -> SolutionSummary:
+    """summary.json (per test fold, mean +- std over the folds present), pooled test confusion PNG.
+
+    Each test fold's probabilities are aligned on slice_file_name with the clips of that fold in this run.
+    """
     from core.plots import plot_confusion
 
     stats = {key: mean_std([r["test"][key] for r in results.values()]) for key in SCORE_KEYS}
     mean, std = {k: v[0] for k, v in stats.items()}, {k: v[1] for k, v in stats.items()}
-    pooled = pd.concat([pd.read_csv(out / f"test_fold{fold}.csv") for fold in results], ignore_index=True)
-    truth, predicted = pooled["classID"].to_numpy(), pooled["TARGET"].to_numpy()
+    truth, predicted = [], []
+    for fold in results:
+        clips = data.train.table.iloc[data.test_rows(fold)]
+        probs = aligned_probabilities(folder, folder.test(fold), fold, "slice_file_name", clips["slice_file_name"])
+        truth.append(clips["classID"].to_numpy())
+        predicted.append(probs.argmax(axis=1))
+    truth, predicted = np.concatenate(truth), np.concatenate(predicted)
     pooled_scores = score(truth, predicted)
     leakage = data.source.fold_leakage
     plot_confusion(confusion(truth, predicted), CLASS_NAMES,
                    f"{recipe.name}: us8k-10fold, test folds {','.join(map(str, results))} pooled "
                    f"({len(results)} of {len(ALL_FOLDS)}), accuracy {pooled_scores.accuracy:.4f}"
-                   + (" - FOLD LEAKAGE ALLOWED" if leakage else ""), out / "test_confusion.png")
+                   + (" - FOLD LEAKAGE ALLOWED" if leakage else ""), folder.test_confusion)
     write_json({"solution": recipe.name, "protocol": "us8k-10fold", "folds_done": len(results),
                 "folds_total": len(ALL_FOLDS), "folds": {str(k): v for k, v in results.items()},
                 "mean": mean, "std": std, "std_kind": "sample standard deviation over the test folds (ddof 1)",
-                "pooled": pooled_scores.as_dict(), "fold_leakage": leakage}, out / "summary.json")
+                "pooled": pooled_scores.as_dict(), "fold_leakage": leakage}, folder.summary)
     return SolutionSummary(recipe.name, results, mean, None, None, "us8k-10fold", std)
