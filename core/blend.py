@@ -16,7 +16,6 @@ A missing member is an error unless explicitly allowed, and is never replaced by
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,10 +28,10 @@ import pandas as pd
 from core import PROB_COLUMNS
 from core.errors import UserError, format_problems
 from core.predictions import align_positions, read_probabilities, row_normalise
+from core.solution_folder import SolutionFolder, fold_file_name
 
 METHODS = ("mean", "geomean", "rank")
 LOG_EPS = 1e-12
-FOLD_FILE = re.compile(r"best_model_fold(\d+)\.csv")
 RECIPE_KEYS = ("name", "description", "method", "members", "solutions")
 # Weights are relative; outside this range a weighted sum can overflow or underflow and silently
 # turn every blended row into zeros (all predictions class 0).
@@ -50,7 +49,7 @@ class Member:
     @property
     def expected(self) -> str:
         """What must exist under the root for this member, as shown to the user."""
-        return f"{self.name}/best_model_fold*.csv" if self.solution else self.name
+        return f"{self.name}/{fold_file_name('best_predictions', '*')}" if self.solution else self.name
 
 
 @dataclass(frozen=True)
@@ -190,11 +189,8 @@ def member_files(member: Member, root: Path) -> tuple[Path, ...]:
     if not member.solution:
         path = root / member.name
         return (path,) if path.is_file() else ()
-    folder = root / member.name
-    if not folder.is_dir():
-        return ()
-    folds = {int(match.group(1)): path for path in folder.iterdir() if (match := FOLD_FILE.fullmatch(path.name))}
-    return tuple(folds[fold] for fold in sorted(folds))
+    folder = SolutionFolder(root / member.name)
+    return tuple(folder.best_predictions(fold) for fold in folder.folds_with("best_predictions"))
 
 
 def blend(recipe: BlendRecipe, root: str | os.PathLike, allow_missing: bool = False) -> BlendResult:

@@ -154,6 +154,7 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
 
     from core.blend import combine
     from core.model.ensemble import FoldEnsemble
+    from core.solution_folder import SolutionFolder
     from core.train.fold import Runtime
     from core.train.precision import autocast, configure_backends
     from core.train.predict import load_fold_models
@@ -162,7 +163,7 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     configure_backends(runtime.device)
     ensembles, rates, lengths = [], {}, {}
     for name in solution_names:
-        models = load_fold_models(Path(solutions) / name, name, runtime)
+        models = load_fold_models(SolutionFolder.of(solutions, name).root, name, runtime)
         frontend = models[0].recipe.frontend
         rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
         ensembles.append(FoldEnsemble([m.model for m in models], [m.recipe.frontend for m in models]).eval())

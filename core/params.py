@@ -181,6 +181,21 @@ def apply_params(recipe: Recipe, params: dict[str, Any], *, origin: str = "param
     return applied
 
 
+def context_changes(recipe: Recipe, applied: Recipe) -> list[str]:
+    """The search-context fields `apply_params` changed in `recipe` ('training.schedule: cosine -> warmup_cosine').
+
+    These are changes beyond the searched parameters: `train --params` prints them and the solution
+    summary records them.
+    """
+    changes = []
+    for section, values in SEARCH_CONTEXT.items():
+        for name in values:
+            before, after = getattr(getattr(recipe, section), name), getattr(getattr(applied, section), name)
+            if before != after:
+                changes.append(f"{section}.{name}: {before} -> {after}")
+    return changes
+
+
 def spectrogram_problems(recipe: Recipe) -> list[str]:
     """Frontend sizes this recipe's clips cannot take (found now, not as a crash hours into training)."""
     frontend = recipe.frontend

@@ -8,7 +8,6 @@ us8k-10fold. Gains compare a solution with its lineage parent on the same protoc
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pandas as pd
 
 from core.folds import PROTOCOLS, protocol_folds
 from core.metrics import score
+from core.solution_folder import SolutionFolder
 
 
 @dataclass
@@ -59,15 +59,12 @@ class ReportRow:
 
 def protocol_folder(solutions: Path, name: str, protocol: str) -> Path:
     """Where `train` writes a solution's results for `protocol` (its default --out)."""
-    return solutions / name if protocol == "kaggle" else solutions / name / protocol
+    return SolutionFolder.of(solutions, name, protocol).root
 
 
 def read_results(folder: Path) -> dict[int, dict]:
     """fold -> result_fold<k>.json of the finished folds in `folder`."""
-    results = {}
-    for path in folder.glob("result_fold*.json"):
-        results[int(path.stem.removeprefix("result_fold"))] = json.loads(path.read_text())
-    return dict(sorted(results.items()))
+    return SolutionFolder(folder).read_results()
 
 
 def fold_score(result: dict, protocol: str) -> float:
@@ -78,7 +75,7 @@ def _time_and_epochs(folder: Path, results: dict[int, dict]) -> tuple[float | No
     """Training seconds of all folds (their histories' wall-clock column) and mean epochs per fold."""
     seconds, epochs = [], []
     for fold in results:
-        history_path = folder / f"history_fold{fold}.csv"
+        history_path = SolutionFolder(folder).history(fold)
         if history_path.exists():
             history = pd.read_csv(history_path)
             seconds.append(float(history["seconds"].sum()))
@@ -88,9 +85,9 @@ def _time_and_epochs(folder: Path, results: dict[int, dict]) -> tuple[float | No
     return float(np.sum(seconds)), float(np.mean(epochs))
 
 
-def _pooled_composite(folder: Path, results: dict[int, dict], pattern: str) -> float | None:
-    """Composite of the pooled prediction files `pattern` (e.g. oof_fold{k}.csv) of the finished folds."""
-    paths = [folder / pattern.format(k=fold) for fold in results]
+def _pooled_composite(folder: Path, results: dict[int, dict], kind: str) -> float | None:
+    """Composite of the pooled prediction files of `kind` ("oof" or "test") of the finished folds."""
+    paths = [SolutionFolder(folder).fold_file(kind, fold) for fold in results]
     if not paths or not all(path.exists() for path in paths):
         return None
     frame = pd.concat([pd.read_csv(path, usecols=["classID", "TARGET"]) for path in paths], ignore_index=True)
@@ -99,11 +96,11 @@ def _pooled_composite(folder: Path, results: dict[int, dict], pattern: str) -> f
 
 def _test_composite(folder: Path, results: dict[int, dict], protocol: str) -> float | None:
     if protocol == "us8k-10fold":
-        return _pooled_composite(folder, results, "test_fold{k}.csv")
-    summary = folder / "summary.json"
-    if not summary.exists():
+        return _pooled_composite(folder, results, "test")
+    summary = SolutionFolder(folder).read_summary()
+    if summary is None:
         return None
-    test = json.loads(summary.read_text()).get("test_fold_average")
+    test = summary.get("test_fold_average")
     return None if test is None else float(test["composite"])
 
 
@@ -114,7 +111,7 @@ def report_row(solutions: Path, name: str, parent: str | None, protocol: str, pa
     return ReportRow(
         solution=name, parent=parent, protocol=protocol, folds=list(results),
         folds_total=len(protocol_folds(protocol)), fold_scores=[fold_score(r, protocol) for r in results.values()],
-        oof_composite=_pooled_composite(folder, results, "oof_fold{k}.csv") if protocol == "kaggle" else None,
+        oof_composite=_pooled_composite(folder, results, "oof") if protocol == "kaggle" else None,
         test_composite=_test_composite(folder, results, protocol) if results else None,
         params=params, epochs=epochs, train_seconds=seconds)
 

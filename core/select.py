@@ -12,7 +12,6 @@ name order is ever chosen (a duplicate does not split or inflate the weight).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,7 @@ from core.blend import BlendRecipe, Member, member_files
 from core.errors import UserError, format_problems
 from core.metrics import Scores, score
 from core.predictions import OofTable, align_positions, read_oof, row_normalise
-
-OOF_FILE = re.compile(r"oof_fold(\d+)\.csv")
+from core.solution_folder import SolutionFolder
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,13 @@ def find_solutions(root: str | os.PathLike) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--root {root}: folder not found. Point it at the solutions folder.")
-    return sorted(folder.name for folder in root.iterdir()
-                  if folder.is_dir() and any(OOF_FILE.fullmatch(path.name) for path in folder.iterdir()))
+    return sorted(folder.name for folder in root.iterdir() if folder.is_dir() and SolutionFolder(folder).folds_with("oof"))
 
 
 def load_solution_oof(root: str | os.PathLike, name: str) -> SolutionOof:
     """Read and check every oof_fold<k>.csv of solution `name` (the fold column must be k)."""
     folder = Path(root) / name
-    files = {int(match.group(1)): path for path in folder.iterdir() if (match := OOF_FILE.fullmatch(path.name))}
+    files = {fold: SolutionFolder(folder).oof(fold) for fold in SolutionFolder(folder).folds_with("oof")}
     if not files:
         raise UserError(f"{folder}: no oof_fold<k>.csv files. Train the solution or leave it out.")
     tables = [read_oof(files[fold]) for fold in sorted(files)]

@@ -37,8 +37,8 @@ _PER_FOLD = {
 }
 
 
-def fold_file_name(kind: str, fold: int) -> str:
-    """The name of fold `fold`'s file of `kind` (a key of the per-fold table above)."""
+def fold_file_name(kind: str, fold: int | str) -> str:
+    """The name of fold `fold`'s file of `kind` (a key of the per-fold table above); fold "*": a glob."""
     return _PER_FOLD[kind].format(k=fold)
 
 
@@ -58,7 +58,16 @@ class SolutionFolder:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    @classmethod
+    def of(cls, solutions: Path, name: str, protocol: str = "kaggle") -> SolutionFolder:
+        """Where `train` writes solution `name`'s results for `protocol` under `solutions` (its default --out)."""
+        return cls(Path(solutions) / name if protocol == "kaggle" else Path(solutions) / name / protocol)
+
     # per-fold files
+    def fold_file(self, kind: str, fold: int) -> Path:
+        """Fold `fold`'s file of `kind` ("oof", "test", "best_predictions", ...)."""
+        return self.root / fold_file_name(kind, fold)
+
     def best_model(self, fold: int) -> Path:
         return self.root / fold_file_name("best_model", fold)
 

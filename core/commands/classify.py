@@ -166,9 +166,10 @@ def export(
     from core.atomic import check_writable
     from core.commands.train import parse_folds
     from core.export import export_onnx
+    from core.solution_folder import SolutionFolder
 
     check_writable(out.parent if str(out.parent) else Path("."))
-    exported = export_onnx(solutions / solution, solution, out, parse_folds(folds), opset)
+    exported = export_onnx(SolutionFolder.of(solutions, solution).root, solution, out, parse_folds(folds), opset)
     inputs = f"waveforms [batch, {exported.num_samples}] float32" + (" + salience [batch] int64 (1|2)"
                                                                       if exported.uses_salience else "")
     Console(stderr=True).print(f"wrote {out}: {solution}, folds {','.join(map(str, exported.folds))}, {inputs} at "

@@ -41,9 +41,11 @@ def predict(
     if distributed.launched_by_torchrun():
         raise UserError("predict runs in one process (it already reads the audio once for every fold model); "
                         "start it with python -m core predict, not torchrun")
-    solution_dir = solutions / solution
+    from core.solution_folder import SolutionFolder
+
+    solution_dir = SolutionFolder.of(solutions, solution).root
     name = Path(data).resolve().name
-    out = out or solution_dir / f"predict-{name}"
+    out = out or SolutionFolder(solution_dir).predictions_of(name)
     submission = submission or Path("submissions") / f"{solution}-{name}.csv"
     check_writable(out)  # fail now, not after predicting every clip
     check_writable(submission.parent)
@@ -53,12 +55,17 @@ def predict(
     source = load_source(data)
     tracker = TrainProgress(progress)
     with tracker.running():
-        fold_probs, test = predict_folds(models, source, options, batch_size, tracker)
-    frame = write_predictions(fold_probs, test, out, submission)
+        fold_probs, test, skipped = predict_folds(models, source, options, batch_size, tracker)
+    frame = write_predictions(fold_probs, test, out, submission, skipped)
     console = Console(stderr=True)
     console.print(f"{len(models)} fold models x {len(frame)} clips -> {out}/best_model_fold<k>.csv and {submission}")
+    if skipped:
+        console.print(f"{len(skipped)} unreadable clip(s) skipped (--skip-bad-audio), listed in "
+                      f"{SolutionFolder(out).skipped_audio}; they are not in the CSVs nor the submission")
     if test["classID"].notna().all() and len(test):
         from core.metrics import score
 
         result = score(test["classID"].to_numpy(dtype=int), frame["TARGET"].to_numpy())
-        console.print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, composite {result.composite:.4f}")
+        covered = f" ({len(frame)} of {len(frame) + len(skipped)} clips)" if skipped else ""
+        console.print(f"test accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f}, "
+                      f"composite {result.composite:.4f}{covered}")

@@ -30,8 +30,10 @@ def parse_folds(text: str | None) -> tuple[int, ...] | None:
 def train(
     solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
     data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
-    out: Path | None = typer.Option(None, help="Output folder [default: solutions/<solution>]."),
-    submissions: Path = typer.Option(Path("submissions"), help="Folder for the fold-average submission <solution>.csv."),
+    out: Path | None = typer.Option(None, help="Output folder [default: solutions/<solution>, or "
+                                               "solutions/demo/<solution> without --data]."),
+    submissions: Path | None = typer.Option(None, help="Folder for the fold-average submission <solution>.csv "
+                                                       "[default: submissions, or submissions/demo without --data]."),
     folds: str | None = typer.Option(None, help="Validation folds to train, e.g. 1,3 [default: the recipe's]."),
     epochs: int | None = typer.Option(None, help="Epochs per fold [default: the recipe's]."),
     batch_size: int | None = typer.Option(None, help="Batch size [default: the recipe's]."),
@@ -72,10 +74,15 @@ def train(
     with distributed.process_group(device):
         console = Console(stderr=True, quiet=not distributed.current().is_main)  # under torchrun: rank 0 speaks
         recipe = registry.get(solution)
+        recipe_changes: list[str] = []
         if params is not None:
-            from core.params import apply_params, load_params
+            from core.params import apply_params, context_changes, load_params
 
-            recipe = apply_params(recipe, load_params(params), origin=f"params file {params}")
+            searched = apply_params(recipe, load_params(params), origin=f"params file {params}")
+            recipe_changes = context_changes(recipe, searched)  # the search context, beyond the searched values
+            recipe = searched
+            console.print(f"--params {params} also changes the recipe (the conditions the values were searched "
+                          "under):\n  " + "\n  ".join(recipe_changes or ["nothing else"]))
         changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
         if changes:
             recipe = recipe.derive(training=changes)
@@ -85,9 +92,14 @@ def train(
             from core.errors import UserError
 
             raise UserError(f"--protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
-        default_out = Path("solutions") / solution / ("" if protocol == "kaggle" else protocol)
+        from core.solution_folder import SolutionFolder, solutions_root
+
+        demo = data is None  # the demo's results live apart from real ones (solutions/demo, submissions/demo)
+        default_out = SolutionFolder.of(solutions_root(Path("solutions"), demo), solution, protocol).root
         options = TrainOptions(
-            out=out or default_out, protocol=protocol, tensorboard=tensorboard, submissions=submissions, folds=parse_folds(folds), epochs=epochs, device=device,
+            out=out or default_out, protocol=protocol, tensorboard=tensorboard,
+            submissions=submissions or solutions_root(Path("submissions"), demo), recipe_changes=tuple(recipe_changes),
+            folds=parse_folds(folds), epochs=epochs, device=device,
             precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last,
@@ -106,3 +118,7 @@ def train(
 
         summary = train_solution(recipe, source, options)
         print_summary(summary, console)
+        if demo:
+            console.print(f"Demo results are kept apart from real runs: {options.out} and {options.submissions}/. "
+                          "report/select/blend/classify/export find them with --solutions (or --root) "
+                          f"{solutions_root(Path('solutions'), True)}.")

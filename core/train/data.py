@@ -8,7 +8,6 @@ Two ways to batch a split, with the same clips in the same batches for the same 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from core.data.metadata import DataSource
 from core.errors import UserError
 from core.folds import SALIENCE_VALUES, FoldRoles, fold_roles
 from core.recipe import Augment, Recipe
+from core.solution_folder import SolutionFolder
 from core.train import distributed
 from core.train.distributed import Replicas
 from core.train.options import TrainOptions
@@ -109,7 +109,7 @@ def _write_bad_audio(bad: dict[str, str], options: TrainOptions) -> None:
     """skipped_audio.csv lists the clips --skip-bad-audio dropped."""
     if bad and options.write_outputs and distributed.current().is_main:
         report = pd.DataFrame(sorted(bad.items()), columns=["path", "reason"])
-        write_csv(report, Path(options.out) / "skipped_audio.csv")
+        write_csv(report, SolutionFolder(options.out).skipped_audio)
 
 
 def prepare_test(recipe: Recipe, source: DataSource, options: TrainOptions) -> tuple[Split, dict[str, str]]:

@@ -13,6 +13,7 @@ from core.data.metadata import DataSource
 from core.errors import UserError
 from core.progress import TrainProgress
 from core.recipe import Recipe
+from core.solution_folder import SolutionFolder
 from core.train import checkpoint
 from core.train.data import WaveformDataset, make_loader, prepare_test
 from core.train.fold import Runtime, build_on_device
@@ -31,21 +32,20 @@ class FoldModel:
 def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
                      folds: tuple[int, ...] | None = None) -> list[FoldModel]:
     """Every best_model_fold<k>.pt of a solution (or those of `folds`), each rebuilt from its own recipe."""
-    paths = sorted(solution_dir.glob("best_model_fold*.pt"), key=lambda p: int(p.stem.removeprefix("best_model_fold")))
-    if not paths:
+    folder = SolutionFolder(solution_dir)
+    found = {fold: folder.best_model(fold) for fold in folder.folds_with("best_model")}
+    if not found:
         raise UserError(f"no checkpoints best_model_fold<k>.pt in {solution_dir}; train {solution} first "
                         f"(./run.sh {solution} --data DIR), or pass --solutions the folder that holds {solution}/")
     if folds is not None:
-        found = {int(p.stem.removeprefix("best_model_fold")): p for p in paths}
         absent = [fold for fold in folds if fold not in found]
         if absent:
             raise UserError(f"{solution_dir} has no checkpoint for fold(s) {', '.join(map(str, absent))}; "
                             f"folds present: {', '.join(map(str, sorted(found)))}")
-        paths = [found[fold] for fold in folds]
     models = []
-    for path in paths:
+    for fold in folds if folds is not None else sorted(found):
+        path = found[fold]
         recipe = checkpoint.recipe_of(path)
-        fold = int(path.stem.removeprefix("best_model_fold"))
         model = build_on_device(recipe, runtime, 0, fold)
         checkpoint.load_best_into(path, model, solution)
         models.append(FoldModel(fold, recipe, model.eval()))
@@ -57,12 +57,13 @@ def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
 
 @torch.no_grad()
 def predict_folds(models: list[FoldModel], source: DataSource, options: TrainOptions, batch_size: int,
-                  progress: TrainProgress) -> tuple[dict[int, np.ndarray], pd.DataFrame]:
-    """Softmax probabilities of every fold model and the test table; each audio batch is read once for all models."""
+                  progress: TrainProgress) -> tuple[dict[int, np.ndarray], pd.DataFrame, dict[str, str]]:
+    """Softmax probabilities of every fold model, the test table and the clips --skip-bad-audio dropped
+    (path -> reason); each audio batch is read once for all models."""
     runtime = Runtime.from_options(options)
     configure_backends(runtime.device)
     recipe = models[0].recipe
-    test, _ = prepare_test(recipe, source, options)
+    test, skipped = prepare_test(recipe, source, options)
     dataset = WaveformDataset(test, np.arange(len(test.table)))
     loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=options.workers,
                          seed=0, pin_memory=runtime.device.type == "cuda")
@@ -76,15 +77,18 @@ def predict_folds(models: list[FoldModel], source: DataSource, options: TrainOpt
                 logits = fold_model.model(waveforms, salience).float()
             chunks[fold_model.fold].append(torch.softmax(logits, dim=1).cpu().numpy())
         progress.advance("batches")
-    return {fold: np.concatenate(parts) for fold, parts in chunks.items()}, test.table
+    return {fold: np.concatenate(parts) for fold, parts in chunks.items()}, test.table, skipped
 
 
 def write_predictions(fold_probs: dict[int, np.ndarray], test: pd.DataFrame, out: Path,
-                      submission: Path) -> pd.DataFrame:
-    """Per-fold probability CSVs in `out` and the fold-average submission (ID,TARGET)."""
+                      submission: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
+    """Per-fold probability CSVs in `out`, the fold-average submission (ID,TARGET) and, when clips were
+    skipped, their list (path, reason) as out/skipped_audio.csv."""
     ids = test[["ID"]].reset_index(drop=True)
+    if skipped:
+        write_csv(pd.DataFrame(sorted(skipped.items()), columns=["path", "reason"]), SolutionFolder(out).skipped_audio)
     for fold, probs in fold_probs.items():
-        write_csv(with_probabilities(ids, probs), out / f"best_model_fold{fold}.csv")
+        write_csv(with_probabilities(ids, probs), SolutionFolder(out).best_predictions(fold))
     mean = np.mean(list(fold_probs.values()), axis=0)
     frame = pd.DataFrame({"ID": ids["ID"], "TARGET": mean.argmax(axis=1)})
     write_csv(frame, submission)

@@ -4,15 +4,21 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from core.solution_folder import SolutionFolder
 from core.train.solution import SolutionSummary
 
 
 def print_summary(summary: SolutionSummary, console: Console) -> None:
-    """The protocol's fold table (see print_kaggle_summary and print_ten_fold_summary)."""
+    """The protocol's fold table (see print_kaggle_summary and print_ten_fold_summary), then where it all is."""
     if summary.protocol == "us8k-10fold":
         print_ten_fold_summary(summary, console)
     else:
         print_kaggle_summary(summary, console)
+    if summary.skipped_clips:
+        console.print(f"[bold]Test scores cover {summary.test_clips} clips:[/] {summary.skipped_clips} unreadable "
+                      f"clip(s) were skipped (--skip-bad-audio), listed in {SolutionFolder(summary.out).skipped_audio}")
+    if summary.out is not None:
+        console.print(f"Outputs: {summary.out}")
 
 
 def print_ten_fold_summary(summary: SolutionSummary, console: Console) -> None:
@@ -46,7 +52,7 @@ def print_kaggle_summary(summary: SolutionSummary, console: Console) -> None:
                   style="bold")
     console.print(table)
     if summary.test is not None:
-        console.print(f"[bold]Test (fold-average submission, scored with the test labels):[/] "
-                      f"accuracy {summary.test['accuracy']:.4f}, macro-F1 {summary.test['macro_f1']:.4f}, "
+        console.print(f"[bold]Test (fold-average submission, scored with the test labels, {summary.test_clips} "
+                      f"clips):[/] accuracy {summary.test['accuracy']:.4f}, macro-F1 {summary.test['macro_f1']:.4f}, "
                       f"composite {summary.test['composite']:.4f}")
     console.print(f"Submission: {summary.submission}")

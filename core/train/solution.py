@@ -47,6 +47,9 @@ class SolutionSummary:
     submission: Path | None
     protocol: str = "kaggle"
     cv_std: dict[str, float] | None = None
+    out: Path | None = None          # the solution folder
+    test_clips: int = 0              # clips the test scores cover
+    skipped_clips: int = 0           # of the test clips asked for, dropped by --skip-bad-audio (skipped_audio.csv)
 
 
 def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
@@ -241,7 +244,7 @@ def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, 
     results = folder.read_results(folds)
     plot_fold_curves(recipe, folder, list(results), folder.all_curves)
     if data.protocol == "us8k-10fold":
-        return write_ten_fold_summary(recipe, data, folder, results)
+        return write_ten_fold_summary(recipe, data, folder, results, options)
     cv_mean = {key: float(np.mean([r[key] for r in results.values()])) for key in ("accuracy", "macro_f1", "composite")}
     oof = pd.concat([pd.read_csv(folder.oof(fold)) for fold in results], ignore_index=True)
     oof_scores = score(oof["classID"].to_numpy(), oof["TARGET"].to_numpy())
@@ -256,11 +259,13 @@ def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, 
     submission = pd.DataFrame({"ID": ids.to_numpy(), "TARGET": test_probs.argmax(axis=1)})
     submission_path = write_csv(submission, Path(options.submissions) / f"{recipe.name}.csv")
     test_scores = score(test_labels(data), submission["TARGET"].to_numpy()).as_dict() if has_labels(data) else None
-    summary = SolutionSummary(recipe.name, results, cv_mean, test_scores, submission_path)
+    skipped = int(data.source.test["path"].isin(data.bad_audio.keys()).sum())
+    summary = SolutionSummary(recipe.name, results, cv_mean, test_scores, submission_path, out=folder.root,
+                              test_clips=len(ids), skipped_clips=skipped)
     write_json({"solution": recipe.name, "protocol": "kaggle", "folds": {str(k): v for k, v in results.items()},
                 "cv_mean": cv_mean, "oof": oof_scores.as_dict(), "test_fold_average": test_scores,
-                "test_clips": len(ids), "submission": str(submission_path),
-                "fold_leakage": data.source.fold_leakage}, folder.summary)
+                "test_clips": len(ids), "skipped_test_clips": skipped, "recipe_changes": list(options.recipe_changes),
+                "submission": str(submission_path), "fold_leakage": data.source.fold_leakage}, folder.summary)
     return summary
 
 
@@ -294,7 +299,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def write_ten_fold_summary(recipe: Recipe, data: PreparedData, folder: SolutionFolder,
-                           results: dict[int, dict]) -> SolutionSummary:
+                           results: dict[int, dict], options: TrainOptions) -> SolutionSummary:
     """summary.json (per test fold, mean +- std over the folds present), pooled test confusion PNG.
 
     Each test fold's probabilities are aligned on slice_file_name with the clips of that fold in this run.
@@ -319,5 +324,7 @@ def write_ten_fold_summary(recipe: Recipe, data: PreparedData, folder: SolutionF
     write_json({"solution": recipe.name, "protocol": "us8k-10fold", "folds_done": len(results),
                 "folds_total": len(ALL_FOLDS), "folds": {str(k): v for k, v in results.items()},
                 "mean": mean, "std": std, "std_kind": "sample standard deviation over the test folds (ddof 1)",
-                "pooled": pooled_scores.as_dict(), "fold_leakage": leakage}, folder.summary)
-    return SolutionSummary(recipe.name, results, mean, None, None, "us8k-10fold", std)
+                "pooled": pooled_scores.as_dict(), "test_clips": len(truth), "skipped_clips": len(data.bad_audio),
+                "recipe_changes": list(options.recipe_changes), "fold_leakage": leakage}, folder.summary)
+    return SolutionSummary(recipe.name, results, mean, None, None, "us8k-10fold", std, out=folder.root,
+                           test_clips=len(truth), skipped_clips=len(data.bad_audio))
