@@ -81,8 +81,6 @@ def train(
             searched = apply_params(recipe, load_params(params), origin=f"params file {params}")
             recipe_changes = context_changes(recipe, searched)  # the search context, beyond the searched values
             recipe = searched
-            console.print(f"--params {params} also changes the recipe (the conditions the values were searched "
-                          "under):\n  " + "\n  ".join(recipe_changes or ["nothing else"]))
         changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
         if changes:
             recipe = recipe.derive(training=changes)
@@ -118,6 +116,9 @@ def train(
 
         summary = train_solution(recipe, source, options)
         print_summary(summary, console)
+        if params is not None:  # after the run, so that a refusal stays one line
+            console.print(f"--params {params} also changed the recipe (the conditions its values were searched "
+                          "under; recorded in summary.json):\n  " + "\n  ".join(recipe_changes or ["nothing else"]))
         if demo:
             console.print(f"Demo results are kept apart from real runs: {options.out} and {options.submissions}/. "
                           "report/select/blend/classify/export find them with --solutions (or --root) "
