@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -88,4 +89,4 @@ def check_identity(identity: RunIdentity, stored: dict | None, where: str, fold:
 def describe(name: str, here: Any, there: Any, where: str) -> str:
     """'precision: bf16 here, fp16 in last_fold3.pt (pass --precision fp16)'."""
     hint = f" (pass {OPTION_OF[name]} {there})" if name in OPTION_OF else ""
-    return f"{name}: {here} here, {there} in {where.rsplit('/', 1)[-1]}{hint}"
+    return f"{name}: {here} here, {there} in {Path(where).name}{hint}"
