@@ -351,7 +351,7 @@ def test_killed_in_every_phase_resumes_to_the_same_outputs(tiny_data, params_fil
     rng = random.Random(7)
     plan = [
         caching(),
-        writing("best_model_fold1.pt"),
+        writing("best_model_fold1.staged.pt"),  # a best candidate is staged, then published by rename
         writing("last_fold1.pt"),
         inside_epoch_2(rng.uniform(0.0, 1.5)),
         after_file("oof_fold1.csv", absent="result_fold1.json"),
