@@ -20,6 +20,7 @@ from core.solution_folder import SolutionFolder
 from core.train.data import prepare_data
 from core.train.fold import fold_identity
 from core.train.options import TrainOptions
+from core.train.run_identity import RunIdentity, check_identity
 from core.train.solution import train_solution
 
 SOLUTION = "resnet34_pcen_sam_8fold"
@@ -140,3 +141,13 @@ def test_a_fold_missing_one_id_is_refused_by_name(merged, two_paths, tmp_path):
         train_solution(recipe(), load_source(two_paths[1]), options_for(out, (2,)))
     message = str(refused.value)
     assert message.startswith("fold 1: ") and f"1 missing ID(s) ({dropped})" in message
+
+
+def test_a_precision_mismatch_says_which_precision_to_pin():
+    here = RunIdentity({"fold": 3, "precision": "bf16", "seed": 42})
+    with pytest.raises(UserError) as refused:
+        check_identity(here, {"fold": 3, "precision": "fp16", "seed": 42}, "/shared/out/last_fold3.pt", 3,
+                       "delete /shared/out/last_fold3.pt to train fold 3 again")
+    message = str(refused.value)
+    assert "precision: bf16 here, fp16 in last_fold3.pt (pass --precision fp16)" in message
+    assert "seed" not in message and message.endswith("train fold 3 again.")

@@ -89,4 +89,6 @@ def check_identity(identity: RunIdentity, stored: dict | None, where: str, fold:
 def describe(name: str, here: Any, there: Any, where: str) -> str:
     """'precision: bf16 here, fp16 in last_fold3.pt (pass --precision fp16)'."""
     hint = f" (pass {OPTION_OF[name]} {there})" if name in OPTION_OF else ""
+    if name == "data":
+        hint = " (other clips: another data set, --max-clips-per-fold or --skip-bad-audio dropping others)"
     return f"{name}: {here} here, {there} in {Path(where).name}{hint}"
