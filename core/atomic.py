@@ -58,6 +58,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         raise
 
 
+def publish(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Rename the complete file `staged` (written atomically beside it) over `path`, durably."""
+    path = Path(path)
+    try:
+        os.replace(staged, path)
+        _fsync_dir(path.parent)
+    except OSError as error:
+        _raise_storage_error(error, path)
+        raise
+    return path
+
+
 def _raise_storage_error(error: OSError, path: Path) -> None:
     """Raise a disk/permission failure as an OutputWriteError naming `path`; return for any other OSError."""
     if error.errno not in STORAGE_ERRNOS:

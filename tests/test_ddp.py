@@ -120,10 +120,16 @@ def cli_worker(arguments: list[str]) -> None:
 
 
 def log_writes(log: Path) -> None:
-    """Record the path of every atomic write (all outputs go through core.atomic.atomic_open)."""
+    """Record the path of every atomic write (all outputs go through core.atomic.atomic_open, or are
+    renamed into place by core.atomic.publish)."""
     import core.atomic
 
-    original = core.atomic.atomic_open
+    original, original_publish = core.atomic.atomic_open, core.atomic.publish
+
+    def logged_publish(staged, path):
+        with open(log, "a") as handle:
+            handle.write(f"{Path(path).resolve()}\n")
+        return original_publish(staged, path)
 
     @contextlib.contextmanager
     def logged(path, *args, **kwargs):
@@ -133,6 +139,7 @@ def log_writes(log: Path) -> None:
             yield opened
 
     core.atomic.atomic_open = logged
+    core.atomic.publish = logged_publish
 
 
 # ---------------------------------------------------------------------------------------------- tests

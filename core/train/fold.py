@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from core import atomic
 from core.atomic import write_csv
 from core.errors import UserError
 from core.metrics import Scores, score
@@ -280,7 +281,7 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
             write_csv(pd.DataFrame(state.history), folder.history(fold))
             state.save(folder.resume(fold), recipe.name, identity, parts)
             if record.best:
-                folder.staged_best(fold).replace(folder.best_model(fold))
+                atomic.publish(folder.staged_best(fold), folder.best_model(fold))
         if on_epoch is not None:
             on_epoch(record)
     best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
@@ -359,7 +360,7 @@ def settle_best_checkpoint(folder: SolutionFolder, fold: int, best_epoch: int) -
     staged, best = folder.staged_best(fold), folder.best_model(fold)
     if staged.exists():
         if best_epoch and checkpoint.load(staged).get("epoch") == best_epoch:
-            staged.replace(best)
+            atomic.publish(staged, best)
         else:
             staged.unlink()
     if not best_epoch:
