@@ -51,10 +51,12 @@ def tune(
 
     from core import registry
     from core.errors import UserError
+    from core.solution_folder import SolutionFolder, solutions_root
     from core.tune.study import default_storage_url
 
     recipe = registry.get(solution)  # an unknown name is a UserError listing the known ones
-    solution_dir = out or Path("solutions") / solution
+    demo_search = data is None and not (report or export is not None)  # a search on the demo set stays apart
+    solution_dir = out or SolutionFolder.of(solutions_root(Path("solutions"), demo_search), solution).root
     storage_url = storage or default_storage_url(solution_dir)
     study_name = study or solution
     if report or export is not None:
@@ -142,8 +144,9 @@ def _search(recipe, request: SearchRequest, console) -> None:
     board = TrialBoard(study, console, len(folds), header)
     objective = make_objective(plan, trainer_fold_runner(prepared, options), on_fold=board.fold_done)
     ran = _run_interruptibly(study, objective, Budget(request.trials, request.timeout), board)
-    console.print(f"This worker ran {ran} trials. See the results with --report, "
-                  "export the best with --export FILE.")
+    where = f" --out {request.solution_dir}" if request.data is None else ""  # demo studies live apart
+    console.print(f"This worker ran {ran} trials. See the results with --report{where}, "
+                  f"export the best with --export FILE{where}.")
 
 
 def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
