@@ -269,18 +269,30 @@ def test_one_flipped_byte_anywhere_fails_the_checksum_and_is_rebuilt(tmp_path, m
     assert _rebuilds(paths, tmp_path / "cache", monkeypatch) == len(paths)
 
 
-def test_a_builder_removes_only_its_own_and_stale_temporaries(tmp_path):
+def test_a_builder_removes_only_temporaries_of_killed_builds(tmp_path):
+    import subprocess
+    import sys
+
     paths = write_clips(tmp_path / "audio", count=2)
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     entry = cache_module.CacheEntry.for_files(cache_dir, paths, RATE, LENGTH)
-    live = entry.array_path.with_name(f".{entry.array_path.name}.otherhost.123.abcd1234.tmp")
-    killed = entry.array_path.with_name(f".{entry.array_path.name}.otherhost.456.dcba4321.tmp")
-    for temporary in (live, killed):
-        temporary.write_bytes(b"in progress")
-    old = os.stat(killed).st_mtime - cache_module.STALE_TEMP_SECONDS - 60
-    os.utime(killed, (old, old))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, host = int(finished.stdout), cache_module._host()
+
+    def temporary(host_name: str, pid: int) -> Path:
+        path = entry.array_path.with_name(f".{entry.array_path.name}.{host_name}.{pid}.{os.urandom(4).hex()}.tmp")
+        path.write_bytes(b"in progress")
+        return path
+
+    elsewhere_live = temporary("otherhost", dead_pid)      # another machine's pid means nothing here: kept
+    elsewhere_old = temporary("otherhost", 456)            # untouched for over STALE_TEMP_SECONDS: removed
+    old = os.stat(elsewhere_old).st_mtime - cache_module.STALE_TEMP_SECONDS - 60
+    os.utime(elsewhere_old, (old, old))
+    here_live = temporary(host, os.getppid())              # a running process on this host: kept
+    here_dead = temporary(host, dead_pid)                  # its process is gone: removed
     mine = entry.temporary_array_path()
-    assert mine != entry.temporary_array_path() and mine.name.startswith(f".{entry.array_path.name}.")
+    assert mine != entry.temporary_array_path() and mine.name.startswith(f".{entry.array_path.name}.{host}.")
     load(paths, cache_dir)
-    assert live.exists() and not killed.exists()
+    assert elsewhere_live.exists() and here_live.exists()
+    assert not elsewhere_old.exists() and not here_dead.exists()

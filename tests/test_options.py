@@ -160,3 +160,38 @@ def test_help_runs_in_a_real_process_with_defaults_in_brackets():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0
     assert "Epochs per fold [default: the recipe's]." in " ".join(done.stdout.split())
+
+
+class CacheReached(Exception):
+    """Raised by the stand-in loader: the command got as far as reading audio through the cache."""
+
+
+@pytest.mark.parametrize("name", ["train", "predict", "tune"])
+def test_cache_dir_option_reaches_the_audio_cache(name, tiny_data, tmp_path, monkeypatch):
+    from conftest import save_fold_checkpoints
+
+    import core.train.data as train_data
+
+    asked: list[Path] = []
+
+    def loader(paths, sample_rate, num_samples, *, cache_dir=None, **kwargs):
+        asked.append(cache_dir)
+        raise CacheReached
+
+    monkeypatch.setattr(train_data, "load_waveforms", loader)
+    monkeypatch.chdir(tmp_path)
+    chosen = tmp_path / "shared-cache"
+    common = ["--data", str(tiny_data), "--cache-dir", str(chosen), "--device", "cpu", "--precision", "fp32"]
+    argv = {"train": ["train", "resnet34_pcen_sam_8fold", "--out", str(tmp_path / "out"), "--no-progress"],
+            "predict": ["predict", "resnet34_pcen_sam_8fold", "--solutions", str(tmp_path / "solutions"),
+                        "--no-progress"],
+            "tune": ["tune", "resnet34_pcen_sam_8fold", "--trials", "1", "--out", str(tmp_path / "out")]}[name]
+    if name == "predict":
+        save_fold_checkpoints(tmp_path / "solutions", "resnet34_pcen_sam_8fold")
+    sys.argv, old_argv = ["python -m core", *argv, *common], sys.argv
+    try:
+        with pytest.raises(CacheReached):
+            main()
+    finally:
+        sys.argv = old_argv
+    assert asked == [chosen]

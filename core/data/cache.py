@@ -9,8 +9,9 @@ Safe in a folder shared by machines whose locks are not shared (NFS): the lock o
 work on one machine; correctness rests on the files alone. Each builder decodes into its own
 temporary (`.<array>.<host>.<pid>.<random>.tmp`), fsyncs it and publishes it by an atomic rename,
 then publishes the manifest the same way; a reader verifies size and checksum before use, so a
-manifest that meets another builder's array is seen as stale and rebuilt. A builder deletes only its
-own temporary, plus temporaries of its entry untouched for STALE_TEMP_SECONDS (a killed build's).
+manifest that meets another builder's array is seen as stale and rebuilt. A builder deletes its own
+temporary, and another's only when it surely belongs to a killed build: written on this host by a
+process that no longer exists, or untouched for STALE_TEMP_SECONDS (any host).
 
 Location: `cache_dir` argument (`--cache-dir`), else $US8K_CACHE_DIR, else <repo>/cache/ (git-ignored).
 """
@@ -176,13 +177,15 @@ class CacheEntry:
         return waveforms, dict(manifest.get("bad", {})), ""
 
     def stale_temporaries(self, now: float | None = None) -> list[Path]:
-        """Temporaries of this entry untouched for STALE_TEMP_SECONDS: left by killed builds, here or elsewhere."""
+        """Temporaries of this entry left by killed builds: a dead process's on this host, or any untouched
+        for STALE_TEMP_SECONDS. A live build's temporary, here or on another machine, is never listed."""
         now = time.time() if now is None else now
         stale = []
         for candidate in [*self.array_path.parent.glob(f".{self.array_path.name}.*.tmp"),
                           *self.manifest_path.parent.glob(f".{self.manifest_path.name}.*.tmp")]:
             with contextlib.suppress(FileNotFoundError):
-                if now - candidate.stat().st_mtime > STALE_TEMP_SECONDS:
+                if _dead_builder_here(candidate, self.array_path.name) or (
+                        now - candidate.stat().st_mtime > STALE_TEMP_SECONDS):
                     stale.append(candidate)
         return stale
 
@@ -196,8 +199,7 @@ class CacheEntry:
 
     def temporary_array_path(self) -> Path:
         """A temporary name no other builder, on this machine or another, can choose."""
-        host = "".join(char if char.isalnum() or char in "-_" else "_" for char in socket.gethostname()) or "host"
-        return self.array_path.with_name(f".{self.array_path.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        return self.array_path.with_name(f".{self.array_path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
     def build(self, paths: list[str], *, progress: Console | None, workers: int | None) -> dict[str, str]:
         """Decode every clip into this builder's own temp array, fsync, rename, then write the manifest.
@@ -330,6 +332,28 @@ def _usable_folder(folder: Path) -> Path:
     if not os.access(folder, os.W_OK):
         raise UserError(f"the audio cache folder {folder} is not writable; set {CACHE_ENV} to a writable folder")
     return folder
+
+
+def _host() -> str:
+    """This machine's name as it appears in temporary names (no dots: the name's fields are dot-separated)."""
+    return "".join(char if char.isalnum() or char in "-_" else "_" for char in socket.gethostname()) or "host"
+
+
+def _dead_builder_here(temporary: Path, array_name: str) -> bool:
+    """True when `temporary` (.<array>.<host>.<pid>.<random>.tmp) was made on this host by a process now gone."""
+    fields = temporary.name[len(array_name) + 2:].split(".")
+    if len(fields) != 4 or fields[0] != _host() or not fields[1].isdigit():
+        return False
+    pid = int(fields[1])
+    if pid == os.getpid():
+        return False  # ours: removed by the build that made it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive under another user
+    return False
 
 
 def _allocate(path: Path, nbytes: int) -> None:
