@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain text: a "[default: ...]" in it is shown, not eaten as markup
 )
 
 COMMAND_MODULES = (
@@ -44,15 +45,21 @@ def main() -> None:
         _fail("interrupted", 130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
-    except typer.TyperException as error:  # usage errors (typer's own click) show themselves, with their exit code
-        if not hasattr(error, "show"):
+    except typer.TyperException as error:  # usage errors (typer's own click): one line naming the option, exit 2
+        if not hasattr(error, "format_message"):
             raise
-        error.show()
-        sys.exit(getattr(error, "exit_code", 2))
+        _fail(f"{error.format_message()} (see: {_command_path(error)} --help)", getattr(error, "exit_code", 2))
+
+
+def _command_path(error: Exception) -> str:
+    """'python -m core train' for an error raised while parsing `train`'s options."""
+    context = getattr(error, "ctx", None)
+    return context.command_path if context is not None else "python -m core"
 
 
 def _fail(message: str, code: int) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     sys.exit(code)

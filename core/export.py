@@ -13,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 
 from core import CLASS_NAMES
-from core.atomic import atomic_open
+from core.atomic import TEMP_SUFFIX, atomic_open
 from core.errors import UserError
 from core.folds import SALIENCE_NAMES
 from core.model.ensemble import FoldEnsemble
@@ -51,8 +54,11 @@ def load_ensemble(solution_dir: Path, solution: str, folds: tuple[int, ...] | No
 
 
 def export_onnx(solution_dir: Path, solution: str, out: Path, folds: tuple[int, ...] | None = None,
-                opset: int | None = None) -> ExportedModel:
-    """Write the fold ensemble of `solution` to `out` (atomically); return what was written."""
+                opset: int | None = None, external_data_threshold: int = PROTOBUF_LIMIT) -> ExportedModel:
+    """Write the fold ensemble of `solution` to `out` (atomically); return what was written.
+
+    A graph of `external_data_threshold` bytes or more keeps its weights in `<out>.data` (see write_model).
+    """
     ensemble, models = load_ensemble(solution_dir, solution, folds)
     ensemble.use_plain_ops()
     frontend = models[0].recipe.frontend
@@ -90,22 +96,74 @@ def export_onnx(solution_dir: Path, solution: str, out: Path, folds: tuple[int, 
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    write_model(proto, Path(out))
+    write_model(proto, Path(out), external_data_threshold)
     return ExportedModel(Path(out), solution, fold_list, frontend.sample_rate, frontend.num_samples,
                          ensemble.uses_salience)
 
 
-def write_model(proto, out: Path) -> None:
-    """Save atomically; a graph over the protobuf limit keeps its weights in `<out>.data` beside it."""
-    import onnx
+def external_data_path(out: Path) -> Path:
+    """The file beside `out` that holds the weights of a graph too large for one protobuf."""
+    return out.with_name(out.name + ".data")
 
-    if proto.ByteSize() < PROTOBUF_LIMIT:
+
+def write_model(proto, out: Path, external_data_threshold: int = PROTOBUF_LIMIT) -> None:
+    """Save atomically; a graph of `external_data_threshold` bytes or more keeps its weights in `<out>.data`.
+
+    Either way a reader sees the complete new model or none: the pair is written into a temporary folder
+    beside `out`, then the data file is renamed into place first and the .onnx (the commit point) last.
+    """
+    data = external_data_path(out)
+    if proto.ByteSize() < external_data_threshold:
         with atomic_open(out, "wb") as handle:
             handle.write(proto.SerializeToString())
+        with contextlib.suppress(FileNotFoundError):
+            data.unlink()  # weights of an earlier, larger export that nothing references now
         return
-    data = out.with_name(out.name + ".data")
-    onnx.save_model(proto, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
+    _write_with_external_data(proto, out, data)
+
+
+def _write_with_external_data(proto, out: Path, data: Path) -> None:
+    import onnx
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=TEMP_SUFFIX, dir=out.parent))
+    renamed: list[Path] = []
+    try:
+        staged_model, staged_data = staging / out.name, staging / data.name
+        # `location` is relative to the .onnx: the same name resolves in the staging folder and beside `out`.
+        onnx.save_model(proto, str(staged_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        for staged in (staged_data, staged_model):
+            _fsync_file(staged)
+        with contextlib.suppress(FileNotFoundError):
+            out.unlink()  # an earlier .onnx must not meet the new data file, even for a moment
+        os.replace(staged_data, data)
+        renamed.append(data)
+        os.replace(staged_model, out)
+        renamed.append(out)
+        _fsync_folder(out.parent)
+    except BaseException:
+        if data in renamed and out not in renamed:  # the .onnx never arrived: its data file must not stay
+            with contextlib.suppress(FileNotFoundError):
+                data.unlink()
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The renames are durable only once the folder's entries are flushed.
+    with contextlib.suppress(OSError):
+        folder_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

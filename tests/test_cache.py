@@ -217,3 +217,82 @@ def test_default_cache_folder_is_the_repo_cache(monkeypatch):
 def test_empty_path_list(tmp_path):
     cache = load([], tmp_path / "cache")
     assert cache.waveforms.shape == (0, LENGTH) and cache.paths == [] and cache.bad == {}
+
+
+def _build_in_child(paths: list[str], cache_dir: Path, barrier, result_path: Path) -> None:
+    """One builder of the concurrent test: its decoder waits until the other builder is decoding too."""
+    def decoder(path, sample_rate, num_samples):
+        if Path(path).name == "clip0.wav":
+            barrier.wait(timeout=60)  # both builders are mid-build at once, or this raises
+        return load_clip(path, sample_rate, num_samples)
+
+    cache_module.load_clip = decoder
+    cache = load(paths, cache_dir)
+    np.save(result_path, np.asarray(cache.waveforms))
+
+
+def test_two_builders_without_a_shared_lock_publish_one_valid_entry(tmp_path, monkeypatch):
+    import contextlib
+    import multiprocessing
+
+    paths = write_clips(tmp_path / "audio")
+    # machines on NFS do not share flock: each builder runs as if it held the only lock
+    monkeypatch.setattr(cache_module, "exclusive_lock", lambda _path: contextlib.nullcontext())
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(2)
+    builders = [context.Process(target=_build_in_child, args=(paths, tmp_path / "cache", barrier,
+                                                              tmp_path / f"rows{index}.npy")) for index in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join(timeout=120)
+    assert [builder.exitcode for builder in builders] == [0, 0]
+    for index in range(2):
+        assert np.array_equal(np.load(tmp_path / f"rows{index}.npy"), decoded(paths))
+    assert sorted(path.suffix for path in (tmp_path / "cache").iterdir() if path.suffix != ".lock") == [".f16", ".json"]
+    monkeypatch.setattr(cache_module, "load_clip", CountingDecoder(fail=True))  # the entry verifies: no rebuild
+    assert np.array_equal(np.asarray(load(paths, tmp_path / "cache").waveforms), decoded(paths))
+
+
+def test_one_flipped_byte_anywhere_fails_the_checksum_and_is_rebuilt(tmp_path, monkeypatch):
+    paths = write_clips(tmp_path / "audio", count=40)
+    load(paths, tmp_path / "cache")
+    array, _ = cache_files(tmp_path / "cache")
+    entry = cache_module.CacheEntry.for_files(tmp_path / "cache", paths, RATE, LENGTH)
+    assert entry.open_verified()[0] is not None
+    with open(array, "r+b") as handle:  # one sample in a middle row: size unchanged
+        handle.seek(23 * LENGTH * 2 + 1001)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    assert entry.open_verified()[2].startswith("checksum mismatch")
+    assert _rebuilds(paths, tmp_path / "cache", monkeypatch) == len(paths)
+
+
+def test_a_builder_removes_only_temporaries_of_killed_builds(tmp_path):
+    import subprocess
+    import sys
+
+    paths = write_clips(tmp_path / "audio", count=2)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    entry = cache_module.CacheEntry.for_files(cache_dir, paths, RATE, LENGTH)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, host = int(finished.stdout), cache_module._host()
+
+    def temporary(host_name: str, pid: int) -> Path:
+        path = entry.array_path.with_name(f".{entry.array_path.name}.{host_name}.{pid}.{os.urandom(4).hex()}.tmp")
+        path.write_bytes(b"in progress")
+        return path
+
+    elsewhere_live = temporary("otherhost", dead_pid)      # another machine's pid means nothing here: kept
+    elsewhere_old = temporary("otherhost", 456)            # untouched for over STALE_TEMP_SECONDS: removed
+    old = os.stat(elsewhere_old).st_mtime - cache_module.STALE_TEMP_SECONDS - 60
+    os.utime(elsewhere_old, (old, old))
+    here_live = temporary(host, os.getppid())              # a running process on this host: kept
+    here_dead = temporary(host, dead_pid)                  # its process is gone: removed
+    mine = entry.temporary_array_path()
+    assert mine != entry.temporary_array_path() and mine.name.startswith(f".{entry.array_path.name}.{host}.")
+    load(paths, cache_dir)
+    assert elsewhere_live.exists() and here_live.exists()
+    assert not elsewhere_old.exists() and not here_dead.exists()

@@ -106,3 +106,47 @@ def test_every_solution_exports_with_parity(name, tmp_path):
     check_parity(tmp_path, name, (1,), tmp_path / f"{name}.onnx")
 
 
+
+
+def test_graph_over_the_threshold_keeps_its_weights_beside_it_with_parity(baseline_export, tmp_path):
+    import onnx
+
+    from core.export import external_data_path, write_model
+
+    root, single_file = baseline_export
+    out = tmp_path / "large.onnx"
+    write_model(onnx.load(str(single_file)), out, external_data_threshold=1)  # every graph counts as "large"
+    data = external_data_path(out)
+    assert out.is_file() and data.is_file() and data.stat().st_size > out.stat().st_size
+    locations = {entry.value for tensor in onnx.load(str(out), load_external_data=False).graph.initializer
+                 for entry in tensor.external_data if entry.key == "location"}
+    assert locations == {data.name}  # the final name, not a temporary one
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["large.onnx", "large.onnx.data"]
+    ensemble, _ = load_ensemble(root / "resnet34_pcen_sam_8fold", "resnet34_pcen_sam_8fold")
+    waveforms = np.stack([demo_clip(index, 32000, 128000) for index in (1, 4, 7)])
+    with torch.no_grad():
+        expected = ensemble(torch.from_numpy(waveforms), None).numpy()
+    assert float(np.abs(onnx_probabilities(out, waveforms, None) - expected).max()) < PARITY_ATOL
+    write_model(onnx.load(str(single_file)), out)  # smaller again: the stale data file goes
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["large.onnx"]
+
+
+@pytest.mark.parametrize("failing_rename", [1, 2])
+def test_interrupted_large_export_leaves_neither_file(baseline_export, tmp_path, monkeypatch, failing_rename):
+    import onnx
+
+    import core.export as export_module
+
+    proto = onnx.load(str(baseline_export[1]))
+    real_replace, calls = export_module.os.replace, []
+
+    def interrupted_replace(source, target):
+        calls.append(target)
+        if len(calls) == failing_rename:  # 1: the data file's rename, 2: the .onnx's
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(export_module.os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.write_model(proto, tmp_path / "large.onnx", external_data_threshold=1)
+    assert list(tmp_path.iterdir()) == []  # no .onnx, no data file, no staging folder

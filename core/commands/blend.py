@@ -133,7 +133,7 @@ def per_class_rich_table(per_class: dict, class_names: tuple[str, ...]) -> Table
 def select_command(
     root: Path = typer.Option(..., "--root", help="Solutions folder: <solution>/oof_fold<k>.csv (+ best_model_fold<k>.csv)."),
     out: Path = typer.Option(..., "--out", help="Blend recipe TOML to write (solution weights)."),
-    max_steps: int = typer.Option(20, "--max", help="Greedy selection steps; the chosen weights sum to at most this."),
+    max_steps: int = typer.Option(20, "--max", min=1, help="Greedy selection steps; the chosen weights sum to at most this."),
     solutions: list[str] | None = typer.Option(None, "--solution", help="Select only among these solutions (repeatable; default: every folder with OOF files)."),
 ) -> None:
     """Choose solution weights by greedy forward selection with replacement on OOF predictions (Caruana 2004)."""

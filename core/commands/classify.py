@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, Precision, Progress
+from core.commands.options import OPSET_MAX, OPSET_MIN, Device, Precision, Progress, any_fold_list, positive
 
 
 def register(app: typer.Typer) -> None:
@@ -19,18 +19,18 @@ def classify(
                                                    "formats soundfile reads: wav, flac, ogg, aiff, ...)."),
     solution: list[str] | None = typer.Option(None, "--solution", help="A trained solution (repeat for several: "
                                                                           "equal-weight blend)."),
-    recipe: Path | None = typer.Option(None, help="A solution-level blend recipe TOML (\\[solutions] weights), "
+    recipe: Path | None = typer.Option(None, help="A solution-level blend recipe TOML ([solutions] weights), "
                                                      "as `blend` reads it."),
     onnx: Path | None = typer.Option(None, help="Run an exported model (`export`) with onnxruntime instead."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
-    hop: float = typer.Option(1.0, help="Seconds between window starts in files longer than one clip."),
+    hop: float = typer.Option(1.0, callback=positive, help="Seconds between window starts in files longer than one clip."),
     aggregate: str = typer.Option("mean", help="A file's probabilities from its windows: mean (how much of the "
                                                "recording sounds like each class) | max (the strongest window per "
                                                "class; rows need not sum to 1)."),
     salience: str = typer.Option("marginal", help="For fusion solutions: marginal (average of salience 1 and 2: "
                                                   "an even prior) | 1 (foreground) | 2 (background) | a CSV "
                                                   "file,salience. Other solutions ignore it."),
-    batch_size: int = typer.Option(32, help="Windows per batch (windows of several files share a batch)."),
+    batch_size: int = typer.Option(32, min=1, help="Windows per batch (windows of several files share a batch)."),
     out: Path | None = typer.Option(None, help="CSV, one row per file: file,duration_s,TARGET,<class names>."),
     windows: Path | None = typer.Option(None, help="CSV, one row per window: file,start_s,end_s,TARGET,..."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (files, probabilities, bad files) instead of a table."),
@@ -153,13 +153,15 @@ def print_table(result, description: str, console) -> None:
 def export(
     solution: str = typer.Argument(..., help="A trained solution (its checkpoints are in --solutions/<solution>)."),
     out: Path = typer.Option(..., help="The ONNX file to write."),
-    folds: str | None = typer.Option(None, help="Fold models to include, e.g. 1,3 [default: every one trained]."),
-    opset: int | None = typer.Option(None, help="ONNX opset version [default: the exporter's]."),
+    folds: str | None = typer.Option(None, callback=any_fold_list, help="Fold models to include, e.g. 1,3 "
+                                                                       "[default: every one trained]."),
+    opset: int | None = typer.Option(None, min=OPSET_MIN, max=OPSET_MAX, help="ONNX opset version "
+                                                                           "[default: the exporter's]."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
 ) -> None:
     """Write SOLUTION's fold models as one ONNX graph that runs with onnxruntime alone.
 
-    Inputs: waveforms float32 \\[batch, num_samples] (mono at the model's sample rate), plus salience int64 \\[batch] (1 foreground, 2 background) for the fusion solutions. Output: the fold-averaged class probabilities \\[batch, 10]. The mel spectrogram and PCEN are inside the graph; the batch size is free.
+    Inputs: waveforms float32 [batch, num_samples] (mono at the model's sample rate), plus salience int64 [batch] (1 foreground, 2 background) for the fusion solutions. Output: the fold-averaged class probabilities [batch, 10]. The mel spectrogram and PCEN are inside the graph; the batch size is free.
     """
     from rich.console import Console
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import typer
 
+from core.commands.options import SEED_MAX
+
 
 def register(app: typer.Typer) -> None:
     app.command("synth")(synth)
@@ -12,11 +14,11 @@ def register(app: typer.Typer) -> None:
 
 def synth(
     out: Path = typer.Option(..., help="Folder to create (must not exist or be empty)."),
-    seed: int = typer.Option(0, help="Random seed; the same seed writes the same bytes."),
+    seed: int = typer.Option(0, min=0, max=SEED_MAX, help="Random seed; the same seed writes the same bytes."),
     like: Path | None = typer.Option(None, help="An UrbanSound8K.csv to mirror row for row "
                                                    "(names, folds, durations, salience, classes)."),
-    clips_per_class_fold: int = typer.Option(5, help="Train clips per class and fold (ignored with --like)."),
-    test_clips_per_class: int = typer.Option(20, help="Test clips per class (ignored with --like)."),
+    clips_per_class_fold: int = typer.Option(5, min=1, help="Train clips per class and fold (ignored with --like)."),
+    test_clips_per_class: int = typer.Option(20, min=1, help="Test clips per class (ignored with --like)."),
     workers: int | None = typer.Option(None, min=1, help="Rendering processes [default: the number of "
                                                             "cores for 256+ clips]."),
     layout: str = typer.Option("kaggle", help="kaggle: folds 1-8 + a labelled test split | official: "

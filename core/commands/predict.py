@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, Precision, Progress, SkipBadAudio, TestSalience, Workers
+from core.commands.options import CacheDir, Device, Precision, Progress, SkipBadAudio, TestSalience, Workers
 
 
 def register(app: typer.Typer) -> None:
@@ -20,10 +20,11 @@ def predict(
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
     out: Path | None = typer.Option(None, help="Where the per-fold CSVs go [default: <solution dir>/predict-<data folder name>]."),
     submission: Path | None = typer.Option(None, help="Fold-average submission [default: submissions/<solution>-<data folder name>.csv]."),
-    batch_size: int = typer.Option(64, help="Clips per batch."),
+    batch_size: int = typer.Option(64, min=1, help="Clips per batch."),
     device: Device = "auto",                     # ... and where to run the fold models
     precision: Precision = "auto",
     workers: Workers = 0,
+    cache_dir: CacheDir = None,
     progress: Progress = True,
 ) -> None:
     """Predict the test split with every fold model in one pass over the audio; write CSVs and a submission."""
@@ -50,7 +51,8 @@ def predict(
     check_writable(out)  # fail now, not after predicting every clip
     check_writable(submission.parent)
     options = TrainOptions(out=out, device=device, precision=precision, workers=workers, progress=progress,
-                           test_salience=test_salience, skip_bad_audio=skip_bad_audio, write_outputs=False)
+                           test_salience=test_salience, skip_bad_audio=skip_bad_audio, write_outputs=False,
+                           cache_dir=cache_dir)
     models = load_fold_models(solution_dir, solution, Runtime.from_options(options))
     source = load_source(data)
     tracker = TrainProgress(progress)

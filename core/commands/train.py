@@ -5,7 +5,20 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, MaxClipsPerFold, Precision, Progress, SkipBadAudio, TestSalience, Workers
+from core.commands.options import (
+    SEED_MAX,
+    CacheDir,
+    Device,
+    MaxClipsPerFold,
+    Precision,
+    Progress,
+    SkipBadAudio,
+    TestSalience,
+    Workers,
+    positive,
+    train_fold_list,
+    train_protocol,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -13,18 +26,10 @@ def register(app: typer.Typer) -> None:
 
 
 def parse_folds(text: str | None) -> tuple[int, ...] | None:
-    """'1,3' -> (1, 3); validates the range."""
+    """'1,3' -> (1, 3) for a --folds value its option's callback has already checked (options.py)."""
     if text is None:
         return None
-    from core.errors import UserError
-
-    try:
-        folds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UserError(f"--folds takes comma-separated fold numbers like 1,3; got {text!r}") from None
-    if not folds or any(fold < 1 or fold > 10 for fold in folds):
-        raise UserError(f"--folds must list train folds between 1 and 10; got {text!r}")
-    return folds
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def train(
@@ -34,27 +39,29 @@ def train(
                                                "solutions/demo/<solution> without --data]."),
     submissions: Path | None = typer.Option(None, help="Folder for the fold-average submission <solution>.csv "
                                                        "[default: submissions, or submissions/demo without --data]."),
-    folds: str | None = typer.Option(None, help="Validation folds to train, e.g. 1,3 [default: the recipe's]."),
-    epochs: int | None = typer.Option(None, help="Epochs per fold [default: the recipe's]."),
-    batch_size: int | None = typer.Option(None, help="Batch size [default: the recipe's]."),
-    lr: float | None = typer.Option(None, help="Peak learning rate [default: the recipe's]."),
+    folds: str | None = typer.Option(None, callback=train_fold_list, help="Validation folds to train, e.g. 1,3, "
+                                     "within the protocol's folds [default: the recipe's]."),
+    epochs: int | None = typer.Option(None, min=1, help="Epochs per fold [default: the recipe's]."),
+    batch_size: int | None = typer.Option(None, min=1, help="Batch size [default: the recipe's]."),
+    lr: float | None = typer.Option(None, callback=positive, help="Peak learning rate, > 0 [default: the recipe's]."),
     params: Path | None = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
     device: Device = "auto",
     precision: Precision = "auto",
     workers: Workers = 0,
-    seed: int | None = typer.Option(None, help="Random seed [default: the recipe's]."),
+    seed: int | None = typer.Option(None, min=0, max=SEED_MAX, help="Random seed [default: the recipe's]."),
     skip_bad_audio: SkipBadAudio = False,
     test_salience: TestSalience = None,
     max_clips_per_fold: MaxClipsPerFold = None,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
-    protocol: str = typer.Option("kaggle", help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
+    protocol: str = typer.Option("kaggle", callback=train_protocol, help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
                                               "test every fold k, validate on k+1 (the literature's protocol)."),
     allow_fold_leakage: bool = typer.Option(False, "--allow-fold-leakage", help="Proceed although one recording "
                                             "(fsID) spans folds; the summary records it."),
     tensorboard: Path | None = typer.Option(None, help="Also write per-epoch scalars and hparams for TensorBoard "
                                                           "under DIR/<solution>/<protocol>/fold<k>."),
+    cache_dir: CacheDir = None,
     progress: Progress = True,
 ) -> None:
     """Train SOLUTION over its folds; rerun the same command to resume.
@@ -100,7 +107,7 @@ def train(
             folds=parse_folds(folds), epochs=epochs, device=device,
             precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
-            device_cache=device_cache, channels_last=channels_last,
+            device_cache=device_cache, channels_last=channels_last, cache_dir=cache_dir,
         )
         if data is None:
             explicit = {name for name, value in (("folds", folds), ("epochs", epochs), ("batch_size", batch_size),

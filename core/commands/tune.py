@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, MaxClipsPerFold, Precision, SkipBadAudio, Workers
+from core.commands.options import (
+    SEED_MAX,
+    CacheDir,
+    Device,
+    MaxClipsPerFold,
+    Precision,
+    SkipBadAudio,
+    Workers,
+    kaggle_fold_list,
+    positive,
+)
 
 SEARCH_EPOCHS = 80  # epochs per fold in every trial of the reference search
 
@@ -27,23 +37,25 @@ def register(app: typer.Typer) -> None:
 
 def tune(
     solution: str = typer.Argument(..., help="Solution whose recipe the trials start from (see `solutions`)."),
-    trials: int | None = typer.Option(None, help="Stop once the study has this many trials (complete, pruned or running; all workers together)."),
-    timeout: float | None = typer.Option(None, help="Stop this worker after this many seconds (checked between trials)."),
+    trials: int | None = typer.Option(None, min=1, help="Stop once the study has this many trials (complete, pruned or running; all workers together)."),
+    timeout: float | None = typer.Option(None, callback=positive, help="Stop this worker after this many seconds (checked between trials)."),
     storage: str | None = typer.Option(None, help="Optuna storage URL shared by all workers, e.g. sqlite:///path/optuna.db or postgresql://user:password@host:5432/db (default: sqlite under --out)."),
     study: str | None = typer.Option(None, help="Study name (default: the solution name)."),
-    epochs: int = typer.Option(SEARCH_EPOCHS, help="Epochs per fold in every trial."),
-    folds: str | None = typer.Option(None, help="Validation folds of every trial, e.g. 1,2 (default: the recipe's)."),
+    epochs: int = typer.Option(SEARCH_EPOCHS, min=1, help="Epochs per fold in every trial."),
+    folds: str | None = typer.Option(None, callback=kaggle_fold_list, help="Validation folds of every trial, e.g. "
+                                     "1,2, within 1-8 (default: the recipe's)."),
     data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
     space: Path | None = typer.Option(None, help="Search-space file (.toml/.json) (default: the reference space)."),
     out: Path | None = typer.Option(None, help="Solution folder for the default storage and the report's plots (default: solutions/<solution>)."),
-    seed: int = typer.Option(42, help="Sampler seed (trial n draws from seed + n)."),
+    seed: int = typer.Option(42, min=0, max=SEED_MAX, help="Sampler seed (trial n draws from seed + n)."),
     device: Device = "auto",
     precision: Precision = "auto",
     workers: Workers = 0,
     max_clips_per_fold: MaxClipsPerFold = None,
     skip_bad_audio: SkipBadAudio = False,
+    cache_dir: CacheDir = None,
     report: bool = typer.Option(False, "--report", help="Print the study's best trial, top trials and importances; write plots. No search."),
-    top: int = typer.Option(10, help="How many top trials --report lists."),
+    top: int = typer.Option(10, min=1, help="How many top trials --report lists."),
     export: Path | None = typer.Option(None, help="Write the best parameters to this .toml/.json file (for `train --params`). No search."),
 ) -> None:
     """Search, or (with --report / --export) read a study; the full help is HELP."""
@@ -65,10 +77,8 @@ def tune(
     if trials is None and timeout is None:
         raise UserError("give --trials N and/or --timeout SECONDS to bound the search "
                         "(Ctrl-C also stops it cleanly; rerunning continues the study)")
-    if trials is not None and trials < 1 or timeout is not None and timeout <= 0 or epochs < 1:
-        raise UserError("--trials, --timeout and --epochs must be positive")
     request = SearchRequest(storage_url, study_name, trials, timeout, epochs, folds, data, space, solution_dir,
-                            seed, device, precision, workers, max_clips_per_fold, skip_bad_audio)
+                            seed, device, precision, workers, max_clips_per_fold, skip_bad_audio, cache_dir)
     _search(recipe, request, Console(stderr=True))
 
 
@@ -91,6 +101,7 @@ class SearchRequest:
     workers: int
     max_clips_per_fold: int | None
     skip_bad_audio: bool
+    cache_dir: Path | None = None
 
 
 def _report_and_export(storage_url: str, study_name: str, solution_dir: Path, report: bool, top: int,
@@ -164,7 +175,8 @@ def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
     options = TrainOptions(out=request.solution_dir, folds=tuple(folds), device=request.device,
                            precision=request.precision, workers=request.workers,
                            skip_bad_audio=request.skip_bad_audio, progress=False, write_outputs=False,
-                           max_clips_per_fold=request.max_clips_per_fold, max_test_clips=0)
+                           max_clips_per_fold=request.max_clips_per_fold, max_test_clips=0,
+                           cache_dir=request.cache_dir)
     return prepare_data(recipe, load_source(data), options), options
 
 

@@ -2,12 +2,18 @@
 
 One cache entry per (file list, sample rate, length); it is reused by every fold, epoch, later run
 and solution with the same audio settings. Its manifest records a key over the file list with each
-file's size and mtime, the array shape, dtype, exact byte size and a checksum of sampled rows; a
-cache whose manifest is missing or disagrees with any of them is rebuilt, never read. The array is
-written under a temporary name, fsynced and renamed before its manifest is written (atomically),
-so an interrupted build never looks complete.
+file's size and mtime, the array shape, dtype, exact byte size and a CRC32 of the whole array; an
+entry whose manifest is missing or disagrees with any of them is rebuilt, never read.
 
-Location: `cache_dir` argument, else $US8K_CACHE_DIR, else <repo>/cache/ (git-ignored).
+Safe in a folder shared by machines whose locks are not shared (NFS): the lock only saves duplicate
+work on one machine; correctness rests on the files alone. Each builder decodes into its own
+temporary (`.<array>.<host>.<pid>.<random>.tmp`), fsyncs it and publishes it by an atomic rename,
+then publishes the manifest the same way; a reader verifies size and checksum before use, so a
+manifest that meets another builder's array is seen as stale and rebuilt. A builder deletes its own
+temporary, and another's only when it surely belongs to a killed build: written on this host by a
+process that no longer exists, or untouched for STALE_TEMP_SECONDS (any host).
+
+Location: `cache_dir` argument (`--cache-dir`), else $US8K_CACHE_DIR, else <repo>/cache/ (git-ignored).
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
+import socket
 import sys
 import time
 import zlib
@@ -36,10 +44,12 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 CACHE_ENV = "US8K_CACHE_DIR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2         # 2: the manifest's checksum covers the whole array
 DTYPE = np.dtype(np.float16)
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504; louder float audio is clipped rather than stored as inf
-SPOT_ROWS = 64              # rows hashed into the manifest checksum (cheap to verify on every open)
+CHECKSUM_CHUNK_BYTES = 64 * 2 ** 20  # the array is checksummed in slices of this size (bounded memory)
+STALE_TEMP_SECONDS = 24 * 3600  # another builder's temporary untouched this long belongs to a killed build
+BUILD_ATTEMPTS = 3         # builds per call before concurrent builders that disagree become an error
 MIN_FILES_FOR_POOL = 256    # below this, worker start-up costs more than it saves (auto workers only)
 
 
@@ -89,23 +99,34 @@ def load_waveforms(paths: Sequence[str | Path], sample_rate: int, num_samples: i
         return WaveformCache(np.zeros((0, num_samples), dtype=DTYPE), [], {})
     folder = _usable_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir())
     entry = CacheEntry.for_files(folder, path_strings, sample_rate, num_samples)
-    with exclusive_lock(entry.lock_path):
-        waveforms, bad, stale_reason = entry.open_verified()
-        if waveforms is None:
-            console = console or _stderr_console()
-            if progress and stale_reason != "no cache yet":
-                console.print(f"audio cache {entry.array_path.name}: {stale_reason}; rebuilding")
-            started = time.perf_counter()
-            bad = entry.build(path_strings, progress=console if progress else None, workers=workers)
-            if progress:
-                console.print(f"audio cache: decoded {len(path_strings)} clips in {time.perf_counter() - started:.0f} s "
-                              f"into {entry.array_path} ({entry.nbytes / 1e9:.2f} GB)", highlight=False)
-            waveforms, bad, stale_reason = entry.open_verified()
-            if waveforms is None:
-                raise RuntimeError(f"the cache just written to {entry.array_path} fails verification: {stale_reason}")
+    with exclusive_lock(entry.lock_path):  # saves duplicate work on this machine; not needed for correctness
+        waveforms, bad = _open_or_build(entry, path_strings, progress=progress, workers=workers, console=console)
     if bad and not skip_bad:
         raise BadAudioError(bad)
     return WaveformCache(waveforms, path_strings, bad)
+
+
+def _open_or_build(entry: CacheEntry, paths: list[str], *, progress: bool, workers: int | None,
+                   console: Console | None) -> tuple[np.memmap, dict[str, str]]:
+    """The verified entry, built (again) until it verifies; a builder elsewhere may publish meanwhile."""
+    waveforms, bad, stale_reason = entry.open_verified()
+    for _ in range(BUILD_ATTEMPTS):
+        if waveforms is not None:
+            return waveforms, bad
+        console = console or _stderr_console()
+        if progress and stale_reason != "no cache yet":
+            console.print(f"audio cache {entry.array_path.name}: {stale_reason}; rebuilding")
+        started = time.perf_counter()
+        entry.build(paths, progress=console if progress else None, workers=workers)
+        if progress:
+            console.print(f"audio cache: decoded {len(paths)} clips in {time.perf_counter() - started:.0f} s "
+                          f"into {entry.array_path} ({entry.nbytes / 1e9:.2f} GB)", highlight=False)
+        waveforms, bad, stale_reason = entry.open_verified()
+    if waveforms is not None:
+        return waveforms, bad
+    raise UserError(f"the audio cache {entry.array_path} fails verification after {BUILD_ATTEMPTS} builds "
+                    f"({stale_reason}): other processes keep replacing it with different audio (files changing "
+                    f"while several machines build?). Stop the other runs or give this one its own --cache-dir.")
 
 
 @dataclass(frozen=True)
@@ -151,41 +172,57 @@ class CacheEntry:
         if not self.array_path.is_file() or self.array_path.stat().st_size != self.nbytes:
             return None, {}, "array missing or truncated"
         waveforms = np.memmap(self.array_path, dtype=DTYPE, mode="r", shape=self.shape)
-        if _spot_checksum(waveforms) != manifest.get("spot_crc32"):
-            return None, {}, "checksum mismatch (array modified)"
+        if _checksum(waveforms) != manifest.get("crc32"):
+            return None, {}, "checksum mismatch (array modified, or published by another builder)"
         return waveforms, dict(manifest.get("bad", {})), ""
 
-    def remove_leftovers(self) -> list[Path]:
-        """Delete temp files of this entry left by a killed build (call with the entry's lock held)."""
-        leftovers = [*self.array_path.parent.glob(f".{self.array_path.name}.*.tmp"),
-                     *self.manifest_path.parent.glob(f".{self.manifest_path.name}.*.tmp")]
-        for leftover in leftovers:
+    def stale_temporaries(self, now: float | None = None) -> list[Path]:
+        """Temporaries of this entry left by killed builds: a dead process's on this host, or any untouched
+        for STALE_TEMP_SECONDS. A live build's temporary, here or on another machine, is never listed."""
+        now = time.time() if now is None else now
+        stale = []
+        for candidate in [*self.array_path.parent.glob(f".{self.array_path.name}.*.tmp"),
+                          *self.manifest_path.parent.glob(f".{self.manifest_path.name}.*.tmp")]:
+            with contextlib.suppress(FileNotFoundError):
+                if _dead_builder_here(candidate, self.array_path.name) or (
+                        now - candidate.stat().st_mtime > STALE_TEMP_SECONDS):
+                    stale.append(candidate)
+        return stale
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete this entry's stale temporaries; a live build on another machine keeps its own."""
+        removed = self.stale_temporaries()
+        for leftover in removed:
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-        return leftovers
+        return removed
+
+    def temporary_array_path(self) -> Path:
+        """A temporary name no other builder, on this machine or another, can choose."""
+        return self.array_path.with_name(f".{self.array_path.name}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
     def build(self, paths: list[str], *, progress: Console | None, workers: int | None) -> dict[str, str]:
-        """Decode every clip into a temp array, fsync, rename, then write the manifest; return the bad clips.
+        """Decode every clip into this builder's own temp array, fsync, rename, then write the manifest.
 
-        `progress`: the console for a progress bar, None for none.
+        Returns the bad clips. The old manifest may stay until the new one replaces it: it no longer
+        matches the new array's checksum, so nothing reads the pair meanwhile. `progress`: the console
+        for a progress bar, None for none.
         """
-        with contextlib.suppress(FileNotFoundError):
-            self.manifest_path.unlink()  # from here on, a crash leaves "no manifest" = rebuild
-        self.remove_leftovers()
-        temp_path = self.array_path.with_name(f".{self.array_path.name}.{os.getpid()}.tmp")
+        self.remove_stale_temporaries()
+        temp_path = self.temporary_array_path()
         try:
             _allocate(temp_path, self.nbytes)
             reasons = _decode_all(temp_path, paths, self.shape, self.sample_rate, progress=progress,
                                   workers=resolve_workers(workers, len(paths)))
             _fsync(temp_path)
-            checksum = _spot_checksum(np.memmap(temp_path, dtype=DTYPE, mode="r", shape=self.shape))
+            checksum = _checksum(np.memmap(temp_path, dtype=DTYPE, mode="r", shape=self.shape))
             os.replace(temp_path, self.array_path)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                temp_path.unlink()
+                temp_path.unlink()  # only our own: another builder's temporary is its business
         bad = {paths[row]: reason for row, reason in sorted(reasons.items())}
         write_json({"format": FORMAT_VERSION, "key": self.key, "shape": list(self.shape), "dtype": DTYPE.name,
-                    "bytes": self.nbytes, "spot_crc32": checksum, "sample_rate": self.sample_rate,
+                    "bytes": self.nbytes, "crc32": checksum, "sample_rate": self.sample_rate,
                     "num_samples": self.shape[1], "bad": bad}, self.manifest_path)
         return bad
 
@@ -297,6 +334,28 @@ def _usable_folder(folder: Path) -> Path:
     return folder
 
 
+def _host() -> str:
+    """This machine's name as it appears in temporary names (no dots: the name's fields are dot-separated)."""
+    return "".join(char if char.isalnum() or char in "-_" else "_" for char in socket.gethostname()) or "host"
+
+
+def _dead_builder_here(temporary: Path, array_name: str) -> bool:
+    """True when `temporary` (.<array>.<host>.<pid>.<random>.tmp) was made on this host by a process now gone."""
+    fields = temporary.name[len(array_name) + 2:].split(".")
+    if len(fields) != 4 or fields[0] != _host() or not fields[1].isdigit():
+        return False
+    pid = int(fields[1])
+    if pid == os.getpid():
+        return False  # ours: removed by the build that made it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive under another user
+    return False
+
+
 def _allocate(path: Path, nbytes: int) -> None:
     """Create a zero-filled file of exactly `nbytes`, reserving the disk space now (a full disk fails here,
     not later as a crash inside the memory map)."""
@@ -329,10 +388,10 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _spot_checksum(waveforms: np.ndarray) -> int:
-    """CRC32 of up to SPOT_ROWS evenly spaced rows (always the first and last)."""
-    rows = np.unique(np.linspace(0, waveforms.shape[0] - 1, min(SPOT_ROWS, waveforms.shape[0])).astype(np.int64))
+def _checksum(waveforms: np.ndarray) -> int:
+    """CRC32 of every byte of the array, read in slices of CHECKSUM_CHUNK_BYTES."""
+    rows_per_chunk = max(1, CHECKSUM_CHUNK_BYTES // max(1, waveforms.shape[1] * DTYPE.itemsize))
     checksum = 0
-    for row in rows:
-        checksum = zlib.crc32(np.ascontiguousarray(waveforms[row]).tobytes(), checksum)
+    for start in range(0, waveforms.shape[0], rows_per_chunk):
+        checksum = zlib.crc32(np.ascontiguousarray(waveforms[start:start + rows_per_chunk]).data, checksum)
     return checksum

@@ -153,7 +153,7 @@ class FoldSettings:
     @classmethod
     def resolve(cls, recipe: Recipe, options: TrainOptions) -> FoldSettings:
         training, replicas = recipe.training, distributed.current()
-        return cls(epochs=options.epochs or training.epochs,
+        return cls(epochs=training.epochs if options.epochs is None else options.epochs,
                    seed=training.seed if options.seed is None else options.seed,
                    batch_size=distributed.per_replica_batch(training.batch_size, replicas),
                    out=Path(options.out), writes=options.write_outputs and replicas.is_main,
