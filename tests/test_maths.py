@@ -282,3 +282,21 @@ def test_film_fusion_conditions_on_the_hand_mixed_salience_vector():
     table = model.salience.embedding.weight
     rows = table[salience] if model.salience.padding_row else table[salience - 1]
     torch.testing.assert_close(captured["cond"], lam * rows + (1 - lam) * rows[index])
+
+
+def test_sam_defaults_and_the_refusal_message_of_step():
+    sam = SAM(fresh_params(), torch.optim.SGD, lr=0.1)
+    assert sam.param_groups[0]["rho"] == 0.05 and sam.param_groups[0]["adaptive"] is False
+    with pytest.raises(RuntimeError, match=r"^SAM needs two forward/backward passes: call first_step\(\) and "
+                                           r"second_step\(\)$"):
+        sam.step()
+
+
+def test_mixup_partner_order_comes_from_the_given_generator_only():
+    def draw_after_global_seed(global_seed: int) -> Mix:
+        torch.manual_seed(global_seed)  # the global RNG must not matter
+        return draw_mix(16, 0.4, 1.0, np.random.default_rng(3), torch.Generator().manual_seed(11))
+
+    first, second = draw_after_global_seed(0), draw_after_global_seed(1)
+    assert first.lam == second.lam and torch.equal(first.index, second.index)
+    torch.testing.assert_close(first.index, torch.randperm(16, generator=torch.Generator().manual_seed(11)))

@@ -11,15 +11,24 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 mkdir -p "$SCRATCH/repo"
 # Copy the tree without git metadata or earlier mutants; .venv travels as its symlink.
-tar -C "$REPO" --exclude=.git --exclude=mutants --exclude=solutions --exclude=submissions --exclude=cache \
+tar -C "$REPO" --exclude=.git --exclude=mutants --exclude=solutions --exclude=cache \
     --exclude=__pycache__ -cf - . | tar -C "$SCRATCH/repo" -xf -
 # tests find ../shared relative to the tree, and mutmut runs them from repo/mutants/.
 ln -sfn "$REPO/../shared" "$SCRATCH/shared"
 ln -sfn "$REPO/../shared" "$SCRATCH/repo/shared"
 
+# mutmut skips decorated functions: SAM's @torch.no_grad() steps become with-blocks in the copy.
+"$REPO/.venv/bin/python" "$REPO/tools/mutation_unwrap_no_grad.py" "$SCRATCH/repo/core/train/sam.py"
+
 cat > "$SCRATCH/repo/setup.cfg" <<'CFG'
 [mutmut]
 source_paths=core
+also_copy=
+    plugins
+    examples
+    pytest.ini
+    requirements.txt
+    submissions
 only_mutate=
     core/train/sam.py
     core/train/mixup.py
