@@ -300,3 +300,13 @@ def test_mixup_partner_order_comes_from_the_given_generator_only():
     first, second = draw_after_global_seed(0), draw_after_global_seed(1)
     assert first.lam == second.lam and torch.equal(first.index, second.index)
     torch.testing.assert_close(first.index, torch.randperm(16, generator=torch.Generator().manual_seed(11)))
+
+
+def test_sam_steps_keep_gradients_unless_asked_to_zero_them():
+    params = fresh_params()
+    sam = SAM(params, torch.optim.SGD, rho=0.1, lr=0.1)
+    quadratic(params).backward()
+    sam.first_step()
+    assert all(p.grad is not None and p.grad.any() for p in params)
+    sam.second_step()
+    assert all(p.grad is not None and p.grad.any() for p in params)

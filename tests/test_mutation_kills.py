@@ -127,3 +127,15 @@ def test_test_clips_from_a_training_recording_are_named_with_their_train_folds()
     assert fold_leakage(both, test) == ("1 recording(s) appear in more than one fold (first: fsID 100 (class 3) in "
                                         "folds 1,2); 1 test recording(s) also appear in the training folds (first: "
                                         "fsID 100 (class 3) (train folds 1,2))")
+
+
+def test_missing_cells_outside_the_recording_column_do_not_hide_leakage():
+    table = labelled([(100, 3, 1), (100, 3, 4)]).assign(salience=[pd.NA, 1])
+    assert fold_leakage(table, None).startswith("1 recording(s) appear in more than one fold")
+
+
+def test_several_leaking_test_recordings_are_listed_with_a_semicolon():
+    table = labelled([(100, 3, 1), (200, 1, 2)])
+    test = pd.DataFrame({"slice_file_name": ["100-3-0-5.wav", "200-1-0-1.wav"]})
+    assert fold_leakage(table, test) == ("2 test recording(s) also appear in the training folds (first: fsID 100 "
+                                         "(class 3) (train folds 1); fsID 200 (class 1) (train folds 2))")
