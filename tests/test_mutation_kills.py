@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from core import NUM_CLASSES
 from core.data.metadata import fold_leakage
@@ -139,3 +140,19 @@ def test_several_leaking_test_recordings_are_listed_with_a_semicolon():
     test = pd.DataFrame({"slice_file_name": ["100-3-0-5.wav", "200-1-0-1.wav"]})
     assert fold_leakage(table, test) == ("2 test recording(s) also appear in the training folds (first: fsID 100 "
                                          "(class 3) (train folds 1); fsID 200 (class 1) (train folds 2))")
+
+
+# ------------------------------------------------------------------------------- PCEN's constraints
+
+def test_pcen_parameters_are_constrained_to_their_ranges():
+    from core.model.pcen import DELTA_FLOOR, constrained
+
+
+    def exact(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float64)
+
+    alpha, delta, r = constrained(exact([-1.0, 0.5, 2.0]), exact([-3.0, 0.0, 2.0]), exact([-1.0, 0.5, 2.0]))
+    torch.testing.assert_close(alpha, exact([0.01, 0.5, 0.99]), rtol=0, atol=1e-15)
+    torch.testing.assert_close(delta, exact([3.0, 0.0, 2.0]) + 1e-6, rtol=0, atol=1e-15)  # |delta| + 1e-6
+    torch.testing.assert_close(r, exact([0.01, 0.5, 1.0]), rtol=0, atol=1e-15)
+    assert DELTA_FLOOR > 0
