@@ -156,3 +156,31 @@ def test_pcen_parameters_are_constrained_to_their_ranges():
     torch.testing.assert_close(delta, exact([3.0, 0.0, 2.0]) + 1e-6, rtol=0, atol=1e-15)  # |delta| + 1e-6
     torch.testing.assert_close(r, exact([0.01, 0.5, 1.0]), rtol=0, atol=1e-15)
     assert DELTA_FLOOR > 0
+
+
+# -------------------------------------------------------------------------------------- blend maths
+
+def test_geomean_rank_and_leave_one_out_against_numpy_by_hand():
+    from core.blend import LOG_EPS, combine, member_space, rows_changed, weighted_mean
+
+    rng = np.random.default_rng(0)
+    members = [rng.random((5, 10)) * scale for scale in (1.0, 3.0, 0.5)]  # rows not normalised, unequal maxima
+    members[0][0] = 1e-3
+    members[0][0, 4] = 50.0
+    weights = [0.5, 1.0, 2.0]
+    logs = [np.log(m / m.sum(axis=1, keepdims=True) + LOG_EPS) for m in members]
+    mean_log = sum(w * x for w, x in zip(weights, logs, strict=True)) / sum(weights)
+    expected = np.exp(mean_log) / np.exp(mean_log).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(combine(members, weights, "geomean"), expected, rtol=1e-12)
+
+    tied = np.array([[0.2, 0.8], [0.2, 0.8], [0.6, 0.4]])  # average ranks of ties: (1.5, 1.5, 3) in column 0
+    np.testing.assert_allclose(member_space(tied, "rank"), [[0.25, 0.75], [0.25, 0.75], [1.0, 0.0]])
+    np.testing.assert_array_equal(member_space(tied[:1], "rank"), [[0.0, 0.0]])
+
+    spaces = [member_space(m, "geomean") for m in members[:2]]
+    blended = combine(members[:2], weights[:2], "geomean").argmax(axis=1)
+    alone = [m.argmax(axis=1) for m in members[:2]]
+    assert rows_changed(spaces, weights[:2], "geomean", blended) == [int((alone[1] != blended).sum()),
+                                                                     int((alone[0] != blended).sum())]
+    with pytest.raises(ValueError, match="one weight per member"):
+        weighted_mean(spaces, [1.0])
