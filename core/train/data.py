@@ -267,15 +267,18 @@ def make_resident(split: Split, device: torch.device) -> ResidentSplit:
 def check_device_cache_fits(nbytes: int, device: torch.device) -> None:
     """Raise a UserError unless `nbytes` is at most DEVICE_CACHE_SHARE of the device's free memory.
 
+    On CUDA, memory PyTorch has cached but not allocated counts as free (ours to reuse): from fold 2
+    on the previous fold's freed blocks are still reserved.
+
     CPU memory is known on Linux only; elsewhere the copy is attempted without this check.
     """
     free = _free_memory(device)
     if free is None or nbytes <= DEVICE_CACHE_SHARE * free:
         return
     raise UserError(f"--device-cache needs {nbytes / 2 ** 30:.2f} GiB on {device} for the training waveforms, but "
-                    f"only {free / 2 ** 30:.2f} GiB are free there (at most {DEVICE_CACHE_SHARE:.0%} may be used, "
-                    "the rest is for training). Drop --device-cache (the DataLoader path gives the same "
-                    "results), or use a device with more memory.")
+                    f"only {free / 2 ** 30:.2f} GiB are free there (counting PyTorch's reusable cache; at most "
+                    f"{DEVICE_CACHE_SHARE:.0%} may be used, the rest is for training). Drop --device-cache "
+                    "(the DataLoader path gives the same results), or use a device with more memory.")
 
 
 def check_device_cache_allowed(augment: Augment) -> None:
@@ -321,15 +324,24 @@ class _Positions(Dataset):
         return item
 
 
+def cuda_usable_bytes(driver_free: int, reserved: int, allocated: int) -> int:
+    """Memory this process can still fill: what the driver calls free plus PyTorch's cached, unused blocks.
+
+    The driver counts every block PyTorch's caching allocator holds as used, including blocks freed by
+    an earlier fold (reserved - allocated); the allocator hands those out again before asking for more.
+    """
+    return int(driver_free) + max(int(reserved) - int(allocated), 0)
+
+
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
 def _free_memory(device: torch.device) -> int | None:
-    """Free bytes on `device` (CUDA: the driver's count; CPU: MemAvailable on Linux; None if unknown)."""
+    """Bytes we may still fill on `device` (CUDA: cuda_usable_bytes; CPU: MemAvailable on Linux; None: unknown)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return cuda_usable_bytes(free, torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
