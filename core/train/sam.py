@@ -113,7 +113,8 @@ class SAM(torch.optim.Optimizer):
             return torch.tensor(0.0)
         ordered = [norms[position] for position in range(len(norms))]
         device = ordered[0].device
-        return torch.norm(torch.stack([norm.to(device) for norm in ordered]), p=2)
+        # .to() only across devices: even a same-device .to() is one dispatcher call per parameter
+        return torch.norm(torch.stack([norm if norm.device == device else norm.to(device) for norm in ordered]), p=2)
 
     def _saved_buffer(self, param: torch.Tensor) -> torch.Tensor:
         """A buffer shaped like `param` to hold w during the perturbation, allocated once per parameter."""
