@@ -52,7 +52,7 @@ PY
 
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
   synth=(--clips-per-class-fold 1 --test-clips-per-class 1); fold=(--device auto --max-clips-per-fold 2 --epochs 1)
-  race=(--quick); limits=(300 120 300 300 300 300)
+  race=(--quick); limits=(600 300 600 600 600 600)  # a shared 2-core CI machine
 else
   synth=(--clips-per-class-fold 88 --test-clips-per-class 165); fold=(--device cuda --device-cache --workers 4 --epochs 2)
   race=(--steps 10); limits=(110 60 100 100 45 45)

@@ -16,11 +16,13 @@ the update's own L2 norm (the update's scale), not from the logits' range:
   the batch mean of the gradient, a cancellation that multiplies K by ~3 at initialisation; the
   20-step test below covers train mode.
 - SAM takes the gradient twice, the second at w + e(g1): g1's error moves e and so g2 by at most as
-  much again: 2K. Rounded up: tolerance = 64u (25 % in bf16, 3.1 % in fp16).
+  much again: 2K. Measured for the whole step on the CPU: 32u in bf16 (12.3 %) and 86u in fp16
+  (4.2 %: fp16's narrow range adds underflow of small gradient products to the rounding). Rounded
+  up to a power of two: tolerance = 64u in bf16 (25 %), 128u in fp16 (6.25 %).
 - With SGD as the base optimiser the update is -lr * g2, linear in the gradient; AdamW's first step
   ~ lr * sign(g) would turn noise on near-zero gradients into lr-sized differences.
 The test also checks that the tolerance catches wrong maths: on the CPU the same step without SAM's
-perturbation is further from the reference than the tolerance. Random draws that differ between
+perturbation is further from the reference (54 %) than twice the tolerance. Random draws that differ between
 devices are switched off in both runs (SpecAugment masks, dropout); the mixup draw is fixed.
 """
 from __future__ import annotations
@@ -53,7 +55,7 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
-SAM_CONDITIONING = 64  # 2 passes x the gradient's measured conditioning (~25), rounded up: see above
+SAM_CONDITIONING = {"bf16": 64, "fp16": 128}  # measured whole-step error / u, rounded up: see above
 FP16_TRIES = 20        # the loss scaler starts high: it may skip (and halve) a few times before a step is taken
 SGD_LR = 0.1
 SAM_RHO = 0.05
@@ -83,8 +85,8 @@ def deterministic_model(recipe) -> torch.nn.Module:
 
 
 def sam_tolerance(precision: str) -> float:
-    """Relative L2 bound on the update's error (see the module docstring): 64u."""
-    return SAM_CONDITIONING * UNIT_ROUNDOFF[precision]
+    """Relative L2 bound on the update's error (see the module docstring): 64u in bf16, 128u in fp16."""
+    return SAM_CONDITIONING[precision] * UNIT_ROUNDOFF[precision]
 
 
 def flat(model: torch.nn.Module) -> torch.Tensor:
