@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, Precision, Progress, SkipBadAudio, TestSalience, Workers
+from core.commands.options import Device, Precision, Progress, SkipBadAudio, TestSalience, Workers, workers_count
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +23,7 @@ def predict(
     batch_size: int = typer.Option(64, help="Clips per batch."),
     device: Device = "auto",                     # ... and where to run the fold models
     precision: Precision = "auto",
-    workers: Workers = 0,
+    workers: Workers = "auto",
     progress: Progress = True,
 ) -> None:
     """Predict the test split with every fold model in one pass over the audio; write CSVs and a submission."""
@@ -47,7 +47,7 @@ def predict(
     submission = submission or Path("submissions") / f"{solution}-{name}.csv"
     check_writable(out)  # fail now, not after predicting every clip
     check_writable(submission.parent)
-    options = TrainOptions(out=out, device=device, precision=precision, workers=workers, progress=progress,
+    options = TrainOptions(out=out, device=device, precision=precision, workers=workers_count(workers), progress=progress,
                            test_salience=test_salience, skip_bad_audio=skip_bad_audio, write_outputs=False)
     models = load_fold_models(solution_dir, solution, Runtime.from_options(options))
     source = load_source(data)

@@ -5,7 +5,16 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, MaxClipsPerFold, Precision, Progress, SkipBadAudio, TestSalience, Workers
+from core.commands.options import (
+    Device,
+    MaxClipsPerFold,
+    Precision,
+    Progress,
+    SkipBadAudio,
+    TestSalience,
+    Workers,
+    workers_count,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +48,7 @@ def train(
     params: Path | None = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
     device: Device = "auto",
     precision: Precision = "auto",
-    workers: Workers = 0,
+    workers: Workers = "auto",
     seed: int | None = typer.Option(None, help="Random seed [default: the recipe's]."),
     skip_bad_audio: SkipBadAudio = False,
     test_salience: TestSalience = None,
@@ -88,7 +97,7 @@ def train(
         default_out = Path("solutions") / solution / ("" if protocol == "kaggle" else protocol)
         options = TrainOptions(
             out=out or default_out, protocol=protocol, tensorboard=tensorboard, submissions=submissions, folds=parse_folds(folds), epochs=epochs, device=device,
-            precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
+            precision=precision, workers=workers_count(workers), seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last,
         )

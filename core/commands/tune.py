@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import Device, MaxClipsPerFold, Precision, SkipBadAudio, Workers
+from core.commands.options import Device, MaxClipsPerFold, Precision, SkipBadAudio, Workers, workers_count
 
 SEARCH_EPOCHS = 80  # epochs per fold in every trial of the reference search
 
@@ -39,7 +39,7 @@ def tune(
     seed: int = typer.Option(42, help="Sampler seed (trial n draws from seed + n)."),
     device: Device = "auto",
     precision: Precision = "auto",
-    workers: Workers = 0,
+    workers: Workers = "auto",
     max_clips_per_fold: MaxClipsPerFold = None,
     skip_bad_audio: SkipBadAudio = False,
     report: bool = typer.Option(False, "--report", help="Print the study's best trial, top trials and importances; write plots. No search."),
@@ -66,7 +66,7 @@ def tune(
     if trials is not None and trials < 1 or timeout is not None and timeout <= 0 or epochs < 1:
         raise UserError("--trials, --timeout and --epochs must be positive")
     request = SearchRequest(storage_url, study_name, trials, timeout, epochs, folds, data, space, solution_dir,
-                            seed, device, precision, workers, max_clips_per_fold, skip_bad_audio)
+                            seed, device, precision, workers_count(workers), max_clips_per_fold, skip_bad_audio)
     _search(recipe, request, Console(stderr=True))
 
 
@@ -86,7 +86,7 @@ class SearchRequest:
     seed: int
     device: str
     precision: str
-    workers: int
+    workers: int | None  # None: auto
     max_clips_per_fold: int | None
     skip_bad_audio: bool
 

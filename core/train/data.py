@@ -7,6 +7,7 @@ Two ways to batch a split, with the same clips in the same batches for the same 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from core.train import distributed
 from core.train.distributed import Replicas
 from core.train.options import TrainOptions
 
+MAX_AUTO_WORKERS = 8      # --workers auto on CUDA: min(this, CPUs - 1), one CPU left for the training process
+PREFETCH_BATCHES = 4      # batches each worker keeps ready, so the GPU does not wait on a slow item
 DEVICE_CACHE_SHARE = 0.5   # the resident split may fill at most half of the free device memory
 RESIDENT_CHUNK_ROWS = 256  # rows copied to the device at a time: no full-size host copy of the memmap
 
@@ -199,6 +202,17 @@ def build_waveform_augmentation(augment: Augment):
     ], p=augment.wave_prob)
 
 
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """--workers: a count is kept; None (auto) is min(8, CPUs - 1) on CUDA, so the GPU is fed while it
+    computes, and 0 on the CPU, where workers would take cores from the step itself."""
+    if workers is not None:
+        return workers
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool,
                 workers: int, seed: int, pin_memory: bool, replicas: Replicas | None = None) -> DataLoader:
     """A DataLoader whose order and worker RNG depend only on `seed` (resumable, reproducible).
@@ -213,7 +227,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
         drop_last = drop_last and len(dataset) > batch_size  # tiny sets still yield a batch
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                           num_workers=workers, pin_memory=pin_memory, generator=generator,
-                          worker_init_fn=_seed_worker, persistent_workers=False)
+                          worker_init_fn=_seed_worker, **_worker_settings(workers))
     from torch.utils.data.distributed import DistributedSampler
 
     sampler = DistributedSampler(dataset, num_replicas=replicas.world_size, rank=replicas.rank, shuffle=shuffle,
@@ -222,7 +236,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     drop_last = drop_last and sampler.num_samples > batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=workers, pin_memory=pin_memory, generator=generator,
-                      worker_init_fn=_seed_worker, persistent_workers=False)
+                      worker_init_fn=_seed_worker, **_worker_settings(workers))
+
+
+def _worker_settings(workers: int) -> dict:
+    """With workers: they live as long as the loader (no restart per pass) and each prefetches batches."""
+    if workers == 0:
+        return {"persistent_workers": False}
+    return {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES}
 
 
 def _seed_worker(worker_id: int) -> None:
