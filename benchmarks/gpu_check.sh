@@ -7,12 +7,17 @@
 #    through the CLI; 4. benchmarks/epoch.py for the baseline, the multi-resolution CRNN and wideresnet.
 # Each stage has its own time limit so the whole check ends within 8 minutes; everything printed also
 # goes to LOG. The exit code is the number of failed stages. GPU_CHECK_QUICK=1 runs the same stages with
-# tiny settings on any device (a CPU dry run of the script itself; the test suite does that).
+# tiny settings on any device (a CPU dry run of the script itself; .ci/run does that). Python: see `py` below.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=${1:-${OUT:-.}/gpu_check.log}
 exec > >(tee -a "$log") 2>&1
-py=${PYTHON:-python3}
+# The project's own Python: $PYTHON if given, else the repo's .venv (./run.sh makes it), else python3.
+if [ -n "${PYTHON:-}" ]; then py=$PYTHON; elif [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
+if ! "$py" -c "import torch" 2>/dev/null; then
+  echo "gpu_check: $py cannot import torch; run ./run.sh once (it creates .venv) or set PYTHON to the project's Python"
+  exit 1
+fi
 export PYTHONUNBUFFERED=1 US8K_CACHE_DIR=${US8K_CACHE_DIR:-/tmp/us8k-cache}
 failed=0
 stage() {  # stage NAME SECONDS COMMAND...: run with a limit, report its time and status
@@ -47,7 +52,7 @@ PY
 
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
   synth=(--clips-per-class-fold 1 --test-clips-per-class 1); fold=(--device auto --max-clips-per-fold 2 --epochs 1)
-  race=(--quick); limits=(300 120 300 300 300 300)
+  race=(--quick); limits=(600 300 600 600 600 600)  # a shared 2-core CI machine
 else
   synth=(--clips-per-class-fold 88 --test-clips-per-class 165); fold=(--device cuda --device-cache --workers 4 --epochs 2)
   race=(--steps 10); limits=(110 60 100 100 45 45)

@@ -10,7 +10,13 @@ Three timings, alternated within each round so that a shared machine's drift hit
 - rest:     the same sam_step on a copy of the model whose frontend is replaced by precomputed
             features (a leaf that still receives its input gradient, as PCEN's output does).
 Prints the medians, frontend share = frontend / step (target <= 5%) and (frontend + rest) / step as a
-consistency check. The last line is `RESULT {"name": "step", "ratio": <frontend share>, "target": 0.05,
+consistency check.
+
+Then the launch count of SAM's own work (gradient norm, perturbation, restore) and of the whole step,
+with SAM's fused `torch._foreach_*` ops and with the per-parameter loop they replaced (`PerParameterSAM`
+below): top-level operator calls in a torch.profiler trace on the CPU, each of which is at least one
+kernel launch on CUDA (a fused foreach op is one launch per chunk of tensors there; on the CPU it loops
+inside the one call). The last line is `RESULT {"name": "step", "ratio": <frontend share>, "target": 0.05,
 "pass": <share <= target>}`. One thread by default: on a busy machine two OpenMP threads wait on each
 other and the medians stop meaning anything; pass --threads N on a quiet machine.
 """
@@ -28,6 +34,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import median_seconds  # noqa: E402 (benchmarks/timing.py)
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from core import registry  # noqa: E402
 from core.model.network import build_model  # noqa: E402
@@ -48,9 +55,81 @@ class PrecomputedFeatures(nn.Module):
         super().__init__()
         self.features = features.detach().requires_grad_(True)
 
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+    def mel_energies(self, waveforms: torch.Tensor) -> list[torch.Tensor]:
+        return [waveforms]  # the model asks its frontend for mel energies first; the features stand for both
+
+    def forward(self, inputs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         self.features.grad = None
         return self.features
+
+
+class PerParameterSAM(SAM):
+    """SAM before the fused ops (the reference for the launch count): every stage walks the parameters."""
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        grad_norm = self.grad_norm()
+        for group in self.param_groups:
+            scale = group["rho"] / (grad_norm + 1e-12)
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                self.state[param]["old_p"] = param.detach().clone()
+                step = param.grad * scale.to(param)
+                if group["adaptive"]:
+                    step = step * param.pow(2)
+                param.add_(step)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                old = self.state[param].pop("old_p", None)
+                if old is not None:
+                    param.copy_(old)
+
+    @torch.no_grad()
+    def grad_norm(self) -> torch.Tensor:
+        norms = [((param.abs() if group["adaptive"] else 1.0) * param.grad).norm(p=2)
+                 for group in self.param_groups for param in group["params"] if param.grad is not None]
+        if not norms:
+            return torch.tensor(0.0)
+        return torch.norm(torch.stack([norm.to(norms[0].device) for norm in norms]), p=2)
+
+
+def top_level_calls(work: Callable[[], object]) -> int:
+    """Operator calls made directly by `work` (nested ones, e.g. a foreach op's per-tensor loop, not counted)."""
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        work()
+    return sum(1 for event in trace.events() if event.cpu_parent is None)
+
+
+def launch_counts(recipe: Recipe, size: int) -> dict[str, dict[str, int]]:
+    """{"fused" | "loop": {"sam": calls of first_step + restore, "step": calls of a whole sam_step}}."""
+    return {name: _launch_counts_of(cls, recipe, size) for name, cls in (("fused", SAM), ("loop", PerParameterSAM))}
+
+
+def _launch_counts_of(sam_cls: type, recipe: Recipe, size: int) -> dict[str, int]:
+    runtime = Runtime(torch.device("cpu"), "fp32", channels_last=False)
+    waveforms, labels, salience, mix = batch(recipe, size)
+    torch.manual_seed(0)
+    model = build_model(recipe).train()
+    sam = sam_cls(model.parameters(), torch.optim.AdamW, rho=recipe.training.rho, lr=recipe.training.lr,
+                  weight_decay=recipe.training.weight_decay)
+    scaler = LossScaler(enabled=False)
+
+    def step() -> object:
+        return sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
+
+    def perturb_and_restore() -> None:
+        sam.first_step()
+        sam.restore()
+
+    step()  # warm-up: AdamW's state and SAM's buffers exist from here on
+    model(waveforms, salience).logsumexp(1).mean().backward()
+    return {"sam": top_level_calls(perturb_and_restore), "step": top_level_calls(step)}
 
 
 def batch(recipe: Recipe, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Mix]:
@@ -115,6 +194,12 @@ def main() -> None:
     print(f"  rest      {rest * 1000:9.1f} ms   (input BN, backbone, head, loss, SAM + AdamW)")
     print(f"  frontend share {share:.2%} of the step (target <= {TARGET_SHARE:.0%}); "
           f"(frontend + rest) / step = {(frontend + rest) / step:.3f}")
+    counts = launch_counts(recipe, args.batch)
+    parameters = sum(1 for _ in build_model(recipe).parameters())
+    for stage, what in (("sam", "SAM's norm + perturbation + restore"), ("step", "whole SAM step")):
+        fused, loop = counts["fused"][stage], counts["loop"][stage]
+        print(f"  launches, {what}: {loop} per-parameter -> {fused} fused ({loop / fused:.1f}x fewer; "
+              f"{parameters} parameter tensors)")
     print("RESULT " + json.dumps({"name": "step", "ratio": round(share, 4), "target": TARGET_SHARE,
                                   "pass": share <= TARGET_SHARE}))
 

@@ -5,7 +5,16 @@ from pathlib import Path
 
 import typer
 
-from core.commands.options import CacheDir, Device, Precision, Progress, SkipBadAudio, TestSalience, Workers
+from core.commands.options import (
+    CacheDir,
+    Device,
+    Precision,
+    Progress,
+    SkipBadAudio,
+    TestSalience,
+    Workers,
+    workers_count,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +32,7 @@ def predict(
     batch_size: int = typer.Option(64, min=1, help="Clips per batch."),
     device: Device = "auto",                     # ... and where to run the fold models
     precision: Precision = "auto",
-    workers: Workers = 0,
+    workers: Workers = "auto",
     cache_dir: CacheDir = None,
     progress: Progress = True,
 ) -> None:
@@ -50,7 +59,7 @@ def predict(
     submission = submission or Path("submissions") / f"{solution}-{name}.csv"
     check_writable(out)  # fail now, not after predicting every clip
     check_writable(submission.parent)
-    options = TrainOptions(out=out, device=device, precision=precision, workers=workers, progress=progress,
+    options = TrainOptions(out=out, device=device, precision=precision, workers=workers_count(workers), progress=progress,
                            test_salience=test_salience, skip_bad_audio=skip_bad_audio, write_outputs=False,
                            cache_dir=cache_dir)
     models = load_fold_models(solution_dir, solution, Runtime.from_options(options))

@@ -18,6 +18,7 @@ from core.commands.options import (
     positive,
     train_fold_list,
     train_protocol,
+    workers_count,
 )
 
 
@@ -47,7 +48,7 @@ def train(
     params: Path | None = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
     device: Device = "auto",
     precision: Precision = "auto",
-    workers: Workers = 0,
+    workers: Workers = "auto",
     seed: int | None = typer.Option(None, min=0, max=SEED_MAX, help="Random seed [default: the recipe's]."),
     skip_bad_audio: SkipBadAudio = False,
     test_salience: TestSalience = None,
@@ -105,7 +106,7 @@ def train(
             out=out or default_out, protocol=protocol, tensorboard=tensorboard,
             submissions=submissions or solutions_root(Path("submissions"), demo), recipe_changes=tuple(recipe_changes),
             folds=parse_folds(folds), epochs=epochs, device=device,
-            precision=precision, workers=workers, seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
+            precision=precision, workers=workers_count(workers), seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last, cache_dir=cache_dir,
         )

@@ -16,6 +16,7 @@ from core.commands.options import (
     Workers,
     kaggle_fold_list,
     positive,
+    workers_count,
 )
 
 SEARCH_EPOCHS = 80  # epochs per fold in every trial of the reference search
@@ -50,7 +51,7 @@ def tune(
     seed: int = typer.Option(42, min=0, max=SEED_MAX, help="Sampler seed (trial n draws from seed + n)."),
     device: Device = "auto",
     precision: Precision = "auto",
-    workers: Workers = 0,
+    workers: Workers = "auto",
     max_clips_per_fold: MaxClipsPerFold = None,
     skip_bad_audio: SkipBadAudio = False,
     cache_dir: CacheDir = None,
@@ -78,7 +79,7 @@ def tune(
         raise UserError("give --trials N and/or --timeout SECONDS to bound the search "
                         "(Ctrl-C also stops it cleanly; rerunning continues the study)")
     request = SearchRequest(storage_url, study_name, trials, timeout, epochs, folds, data, space, solution_dir,
-                            seed, device, precision, workers, max_clips_per_fold, skip_bad_audio, cache_dir)
+                            seed, device, precision, workers_count(workers), max_clips_per_fold, skip_bad_audio, cache_dir)
     _search(recipe, request, Console(stderr=True))
 
 
@@ -98,7 +99,7 @@ class SearchRequest:
     seed: int
     device: str
     precision: str
-    workers: int
+    workers: int | None  # None: auto
     max_clips_per_fold: int | None
     skip_bad_audio: bool
     cache_dir: Path | None = None

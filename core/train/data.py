@@ -7,6 +7,7 @@ Two ways to batch a split, with the same clips in the same batches for the same 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ from core.train import distributed
 from core.train.distributed import Replicas
 from core.train.options import TrainOptions
 
+MAX_AUTO_WORKERS = 8      # --workers auto on CUDA: min(this, CPUs - 1), one CPU left for the training process
+PREFETCH_BATCHES = 4      # batches each worker keeps ready, so the GPU does not wait on a slow item
 DEVICE_CACHE_SHARE = 0.5   # the resident split may fill at most half of the free device memory
 RESIDENT_CHUNK_ROWS = 256  # rows copied to the device at a time: no full-size host copy of the memmap
 
@@ -199,6 +202,17 @@ def build_waveform_augmentation(augment: Augment):
     ], p=augment.wave_prob)
 
 
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """--workers: a count is kept; None (auto) is min(8, CPUs - 1) on CUDA, so the GPU is fed while it
+    computes, and 0 on the CPU, where workers would take cores from the step itself."""
+    if workers is not None:
+        return workers
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_AUTO_WORKERS, cpus - 1))
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: bool,
                 workers: int, seed: int, pin_memory: bool, replicas: Replicas | None = None) -> DataLoader:
     """A DataLoader whose order and worker RNG depend only on `seed` (resumable, reproducible).
@@ -213,7 +227,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
         drop_last = drop_last and len(dataset) > batch_size  # tiny sets still yield a batch
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                           num_workers=workers, pin_memory=pin_memory, generator=generator,
-                          worker_init_fn=_seed_worker, persistent_workers=False)
+                          worker_init_fn=_seed_worker, **_worker_settings(workers))
     from torch.utils.data.distributed import DistributedSampler
 
     sampler = DistributedSampler(dataset, num_replicas=replicas.world_size, rank=replicas.rank, shuffle=shuffle,
@@ -222,7 +236,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     drop_last = drop_last and sampler.num_samples > batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=workers, pin_memory=pin_memory, generator=generator,
-                      worker_init_fn=_seed_worker, persistent_workers=False)
+                      worker_init_fn=_seed_worker, **_worker_settings(workers))
+
+
+def _worker_settings(workers: int) -> dict:
+    """With workers: they live as long as the loader (no restart per pass) and each prefetches batches."""
+    if workers == 0:
+        return {"persistent_workers": False}
+    return {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES}
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -267,15 +288,18 @@ def make_resident(split: Split, device: torch.device) -> ResidentSplit:
 def check_device_cache_fits(nbytes: int, device: torch.device) -> None:
     """Raise a UserError unless `nbytes` is at most DEVICE_CACHE_SHARE of the device's free memory.
 
+    On CUDA, memory PyTorch has cached but not allocated counts as free (ours to reuse): from fold 2
+    on the previous fold's freed blocks are still reserved.
+
     CPU memory is known on Linux only; elsewhere the copy is attempted without this check.
     """
     free = _free_memory(device)
     if free is None or nbytes <= DEVICE_CACHE_SHARE * free:
         return
     raise UserError(f"--device-cache needs {nbytes / 2 ** 30:.2f} GiB on {device} for the training waveforms, but "
-                    f"only {free / 2 ** 30:.2f} GiB are free there (at most {DEVICE_CACHE_SHARE:.0%} may be used, "
-                    "the rest is for training). Drop --device-cache (the DataLoader path gives the same "
-                    "results), or use a device with more memory.")
+                    f"only {free / 2 ** 30:.2f} GiB are free there (counting PyTorch's reusable cache; at most "
+                    f"{DEVICE_CACHE_SHARE:.0%} may be used, the rest is for training). Drop --device-cache "
+                    "(the DataLoader path gives the same results), or use a device with more memory.")
 
 
 def check_device_cache_allowed(augment: Augment) -> None:
@@ -321,15 +345,24 @@ class _Positions(Dataset):
         return item
 
 
+def cuda_usable_bytes(driver_free: int, reserved: int, allocated: int) -> int:
+    """Memory this process can still fill: what the driver calls free plus PyTorch's cached, unused blocks.
+
+    The driver counts every block PyTorch's caching allocator holds as used, including blocks freed by
+    an earlier fold (reserved - allocated); the allocator hands those out again before asking for more.
+    """
+    return int(driver_free) + max(int(reserved) - int(allocated), 0)
+
+
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
 
 
 def _free_memory(device: torch.device) -> int | None:
-    """Free bytes on `device` (CUDA: the driver's count; CPU: MemAvailable on Linux; None if unknown)."""
+    """Bytes we may still fill on `device` (CUDA: cuda_usable_bytes; CPU: MemAvailable on Linux; None: unknown)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return cuda_usable_bytes(free, torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device))
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:

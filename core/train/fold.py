@@ -39,6 +39,7 @@ from core.train.data import (
     check_device_cache_allowed,
     make_loader,
     make_resident,
+    resolve_workers,
 )
 from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
 from core.train.options import TrainOptions
@@ -135,7 +136,8 @@ def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_si
                                replicas=replicas)
     dataset = WaveformDataset(data.train, rows, recipe.augment, recipe.frontend.sample_rate)
     return make_loader(dataset, batch_size, shuffle=True, drop_last=drop_last,
-                       workers=options.workers if workers is None else workers, seed=seed,
+                       workers=resolve_workers(options.workers, runtime.device) if workers is None else workers,
+                       seed=seed,
                        pin_memory=runtime.device.type == "cuda", replicas=replicas)
 
 
@@ -479,7 +481,8 @@ def _predict_rows(model: torch.nn.Module, split: Split, rows: np.ndarray, batch_
         loader = ResidentBatches(resident, rows, batch_size, shuffle=False, drop_last=False, seed=0)
     else:
         loader = make_loader(WaveformDataset(split, rows), batch_size, shuffle=False, drop_last=False,
-                             workers=options.workers, seed=0, pin_memory=runtime.device.type == "cuda")
+                             workers=resolve_workers(options.workers, runtime.device), seed=0,
+                             pin_memory=runtime.device.type == "cuda")
     chunks, losses, counted = [], 0.0, 0
     for waveforms, labels, salience in loader:
         waveforms = waveforms.to(runtime.device, non_blocking=True)

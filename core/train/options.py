@@ -13,7 +13,7 @@ class TrainOptions:
     epochs: int | None = None               # None: the recipe's epochs
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 0
+    workers: int | None = None              # None: auto (core.train.data.resolve_workers)
     seed: int | None = None                 # None: the recipe's seed
     skip_bad_audio: bool = False
     progress: bool = True

@@ -15,7 +15,7 @@ from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.solution_folder import SolutionFolder
 from core.train import checkpoint
-from core.train.data import WaveformDataset, make_loader, prepare_test
+from core.train.data import WaveformDataset, make_loader, prepare_test, resolve_workers
 from core.train.fold import Runtime, build_on_device
 from core.train.options import TrainOptions
 from core.train.precision import autocast, configure_backends
@@ -65,7 +65,7 @@ def predict_folds(models: list[FoldModel], source: DataSource, options: TrainOpt
     recipe = models[0].recipe
     test, skipped = prepare_test(recipe, source, options)
     dataset = WaveformDataset(test, np.arange(len(test.table)))
-    loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=options.workers,
+    loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, workers=resolve_workers(options.workers, runtime.device),
                          seed=0, pin_memory=runtime.device.type == "cuda")
     chunks: dict[int, list[np.ndarray]] = {m.fold: [] for m in models}
     progress.start("batches", len(loader), "predict")

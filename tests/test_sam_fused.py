@@ -1,0 +1,124 @@
+"""SAM's fused (`torch._foreach_*`) perturbation, norm and restore against the per-parameter loop it replaced.
+
+The reference below is the loop as it was (one norm, clone, multiply and add per parameter tensor);
+on the CPU in fp32 both must give the same bits after every stage of a step, for SAM and ASAM, on a
+real model with two param groups and parameters that get no gradient.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_speed_equivalence import fixed_batch, tiny_recipe
+
+from core.model.network import build_model
+from core.train.mixup import mixed_cross_entropy
+from core.train.sam import SAM
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class PerParameterSAM(SAM):
+    """SAM as it was before the fused ops: every stage walks the parameters one by one."""
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        grad_norm = self.grad_norm()
+        for group in self.param_groups:
+            scale = group["rho"] / (grad_norm + 1e-12)
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                self.state[param]["old_p"] = param.detach().clone()
+                step = param.grad * scale.to(param)
+                if group["adaptive"]:
+                    step = step * param.pow(2)
+                param.add_(step)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for group in self.param_groups:
+            for param in group["params"]:
+                old = self.state[param].pop("old_p", None)
+                if old is not None:
+                    param.copy_(old)
+
+    @torch.no_grad()
+    def grad_norm(self) -> torch.Tensor:
+        norms = [((param.abs() if group["adaptive"] else 1.0) * param.grad).norm(p=2)
+                 for group in self.param_groups for param in group["params"] if param.grad is not None]
+        if not norms:
+            return torch.tensor(0.0)
+        return torch.norm(torch.stack([norm.to(norms[0].device) for norm in norms]), p=2)
+
+
+def two_group_optimiser(cls: type, model: torch.nn.Module, adaptive: bool) -> SAM:
+    """The backbone and the rest in two groups with different rho and lr (SAM reads rho per group)."""
+    backbone = [param for name, param in model.named_parameters() if name.startswith("backbone.")]
+    rest = [param for name, param in model.named_parameters() if not name.startswith("backbone.")]
+    groups = [{"params": backbone}, {"params": rest, "rho": 0.1, "lr": 3e-3}]
+    return cls(groups, torch.optim.AdamW, rho=0.05, adaptive=adaptive, lr=1e-3, weight_decay=1e-2)
+
+
+def backward(model: torch.nn.Module, recipe, step: int) -> None:
+    """One mixed forward/backward on the fixed batch with SpecAugment masks fixed by `step`."""
+    waveforms, labels, salience, mix = fixed_batch(recipe)
+    torch.manual_seed(100 + step)
+    logits = model(waveforms.roll(step, dims=1), salience, mix.as_tuple())
+    mixed_cross_entropy(logits, labels, mix, 0.0).backward()
+
+
+def assert_same_bits(model: torch.nn.Module, reference: torch.nn.Module, stage: str) -> None:
+    for (name, param), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(param, expected), f"{name} differs after {stage}"
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+def test_fused_sam_steps_equal_the_per_parameter_loop_bit_for_bit(adaptive):
+    recipe = tiny_recipe()
+    torch.manual_seed(0)
+    reference = build_model(recipe).train()
+    frozen = next(name for name, _ in reference.named_parameters() if name.startswith("backbone."))
+    reference.get_parameter(frozen).requires_grad_(False)  # a parameter with no gradient is left alone
+    model = copy.deepcopy(reference)
+    optimisers = {"fused": two_group_optimiser(SAM, model, adaptive),
+                  "loop": two_group_optimiser(PerParameterSAM, reference, adaptive)}
+    start = copy.deepcopy(model.state_dict())
+    for step in range(3):  # later steps start from AdamW state the earlier ones built
+        for net in (model, reference):
+            backward(net, recipe, step)
+        assert torch.equal(optimisers["fused"].grad_norm(), optimisers["loop"].grad_norm())
+        for optimiser in optimisers.values():
+            optimiser.first_step(zero_grad=True)
+        assert_same_bits(model, reference, f"first_step {step}")
+        for name, net in (("fused", model), ("loop", reference)):
+            backward(net, recipe, step)
+            optimisers[name].second_step(zero_grad=True)
+        assert_same_bits(model, reference, f"second_step {step}")
+    assert torch.equal(model.get_parameter(frozen), start[frozen])
+    moved = [name for name, param in model.named_parameters() if not torch.equal(param, start[name])]
+    assert len(moved) == sum(param.requires_grad for param in model.parameters())
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["sam", "asam"])
+def test_restore_returns_the_exact_weights_and_is_idempotent(adaptive):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    model[0].bias.requires_grad_(False)
+    sam = SAM(model.parameters(), torch.optim.SGD, rho=0.5, adaptive=adaptive, lr=0.1)
+    before = copy.deepcopy(model.state_dict())
+    model(torch.randn(6, 5)).square().sum().backward()
+    sam.first_step()
+    assert not torch.equal(model[2].weight, before["2.weight"])  # the perturbation moved the weights
+    sam.restore()
+    sam.restore()  # a second restore has nothing left to undo
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]), name
+
+
+def test_grad_norm_without_gradients_is_zero():
+    sam = SAM(torch.nn.Linear(3, 2).parameters(), torch.optim.SGD, lr=0.1)
+    assert sam.grad_norm().item() == 0.0
