@@ -67,6 +67,8 @@ def detect(
     plot: Path | None = typer.Option(None, help="Folder for a PNG per file: scores over time, events as bars."),
     reference: Path | None = typer.Option(None, help="Reference events (event list TSV, soundscapes folder or "
                                                      "URBAN-SED annotations) drawn in the --plot figures."),
+    allow_fold_leakage: bool = typer.Option(False, "--allow-fold-leakage", help="Detect on soundscapes made from "
+                                            "folds the fold models trained or validated on (scores optimistic)."),
     skip_bad_audio: bool = typer.Option(False, "--skip-bad-audio", help="Exit 0 although some files could not be "
                                                                         "decoded (they are listed, without events)."),
     device: Device = "auto",
@@ -86,7 +88,7 @@ def detect(
     from core.commands.classify import blend_members
     from core.errors import UserError
     from core.infer.detect import as_json as to_json
-    from core.infer.detect import events_frame
+    from core.infer.detect import check_soundscape_leakage, events_frame
     from core.infer.predictors import onnx_predictor, torch_predictor
     from core.infer.salience import parse_salience
     from core.infer.sources import find_audio
@@ -111,6 +113,9 @@ def detect(
         names, weights, method = blend_members(solution, recipe)
         spec = torch_predictor(names, weights, method, solutions, device, precision)
     console = Console(stderr=True)
+    leakage = check_soundscape_leakage(files, spec.fold_keys, allow_fold_leakage)
+    if leakage:
+        console.print(f"[bold yellow]warning:[/] {leakage} (--allow-fold-leakage)", highlight=False)
     result = run_detection(files, spec, rules, hop, policy, batch_size, progress and len(files) > 1, console)
     table = events_frame(result)
     written = []

@@ -140,3 +140,42 @@ def as_json(result: Detection) -> dict:
                        "events": [{"onset": e.onset, "offset": e.offset, "event_label": e.label} for e in f.events]}
                       for f in result.files],
             "bad": [{"file": path, "reason": reason} for path, reason in result.bad.items()]}
+
+
+# ------------------------------------------------------------------------------------- fold-leakage guard
+
+def seen_folds(fold_keys: tuple[int, ...]) -> set[int]:
+    """The folds fold models with these keys trained or validated on (core/folds.py's protocols).
+
+    Checkpoints do not record their protocol: keys within 1-8 are read as the kaggle protocol (every
+    model saw folds 1-8), a key 9 or 10 as us8k-10fold (each model saw every fold but its test fold).
+    """
+    from core.folds import TRAIN_FOLDS, fold_roles
+
+    if all(key in TRAIN_FOLDS for key in fold_keys):
+        return set(TRAIN_FOLDS) if fold_keys else set()
+    seen: set[int] = set()
+    for key in fold_keys:
+        roles = fold_roles("us8k-10fold", key)
+        seen.update(roles.train + (roles.validation,))
+    return seen
+
+
+def check_soundscape_leakage(files: Sequence[Path], fold_keys: tuple[int, ...], allowed: bool) -> str | None:
+    """Refuse soundscapes made from folds the models saw (UserError), unless `allowed`; then say so."""
+    from core.data.soundscapes import soundscape_folds
+    from core.errors import UserError
+
+    seen = seen_folds(fold_keys)
+    for path in files:
+        folds = soundscape_folds(Path(path).parent)
+        overlap = sorted(seen & set(folds or ()))
+        if overlap:
+            message = (f"{path} is a soundscape made from fold(s) {', '.join(map(str, folds))}, and the fold "
+                       f"models ({', '.join(map(str, fold_keys))}) trained or validated on fold(s) "
+                       f"{', '.join(map(str, overlap))}: its scores would be optimistic")
+            if not allowed:
+                raise UserError(message + "; make soundscapes from unseen folds (e.g. --folds 9,10 for kaggle "
+                                "fold models) or pass --allow-fold-leakage")
+            return message
+    return None

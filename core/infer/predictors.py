@@ -21,6 +21,7 @@ class ModelSpec:
     predict: Predictor
     uses_salience: bool
     description: str
+    fold_keys: tuple[int, ...] = ()             # the fold models' keys (k of best_model_fold<k>), every solution
 
 
 def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
@@ -35,10 +36,11 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
 
     runtime = Runtime.resolve(device, precision)
     configure_backends(runtime.device)
-    ensembles, rates, lengths = [], {}, {}
+    ensembles, rates, lengths, keys = [], {}, {}, set()
     for name in solution_names:
         models = load_fold_models(Path(solutions) / name, name, runtime)
         frontend = models[0].recipe.frontend
+        keys.update(m.fold for m in models)
         rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
         ensembles.append(FoldEnsemble([m.model for m in models], [m.recipe.frontend for m in models]).eval())
     check_same_input(rates, lengths)
@@ -58,7 +60,8 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     name = next(iter(rates))
     return ModelSpec(rates[name], lengths[name], predict, any(e.uses_salience for e in ensembles),
                      " + ".join(f"{n} ({w:g})" if len(solution_names) > 1 else n
-                                for n, w in zip(solution_names, weights, strict=True)))
+                                for n, w in zip(solution_names, weights, strict=True)),
+                     tuple(sorted(keys)))
 
 
 def check_same_input(rates: dict[str, int], lengths: dict[str, int]) -> None:
@@ -96,4 +99,5 @@ def onnx_predictor(path: Path) -> ModelSpec:
         return np.mean(runs, axis=0)
 
     return ModelSpec(int(metadata["sample_rate"]), int(metadata["num_samples"]), predict, uses_salience,
-                     f"{path} ({metadata.get('solution', '?')}, folds {metadata.get('folds', '?')})")
+                     f"{path} ({metadata.get('solution', '?')}, folds {metadata.get('folds', '?')})",
+                     tuple(int(k) for k in str(metadata.get("folds", "")).split(",") if k.strip().isdigit()))

@@ -31,7 +31,9 @@ PSDS_SETTINGS = {
 
 
 def _containers(table: pd.DataFrame, name: str):
-    import dcase_util
+    with warnings.catch_warnings():  # dcase_util imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        import dcase_util
 
     rows = table[table["filename"].map(audio_id) == name]
     return dcase_util.containers.MetaDataContainer(
@@ -56,7 +58,9 @@ def _figures(metric) -> dict:
 
 def event_metrics(predicted: pd.DataFrame, reference: pd.DataFrame, files: list[str]) -> dict:
     """Segment- and event-based figures (module docstring) over `files` (event-list file names)."""
-    import sed_eval
+    with warnings.catch_warnings():  # sed_eval imports dcase_util, which imports the deprecated pkg_resources
+        warnings.simplefilter("ignore")
+        import sed_eval
 
     labels = sorted(set(CLASS_NAMES) | set(reference["event_label"]) | set(predicted["event_label"]))
     segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels, time_resolution=SEGMENT_SECONDS)
