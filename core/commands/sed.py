@@ -96,4 +96,6 @@ def print_figures(figures: dict) -> None:
                                        for key in ("f1", "error_rate")), style="bold")
     console.print(table)
     if "psds" in figures:
-        console.print(f"PSDS1 {figures['psds']['psds1']:.3f}   PSDS2 {figures['psds']['psds2']:.3f}", highlight=False)
+        psds = figures["psds"]
+        console.print(f"PSDS1 {psds['psds1']:.3f}   PSDS2 {psds['psds2']:.3f}   (over the {len(psds['classes'])} "
+                      "class(es) with reference events)", highlight=False)

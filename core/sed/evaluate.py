@@ -6,7 +6,8 @@
 - sed_scores_eval (Ebbers et al. 2022): PSDS1 and PSDS2 with the DCASE task 4 settings (PSDS1: DTC = GTC = 0.7,
   no cross-trigger, alpha_st = 1; PSDS2: DTC = GTC = 0.1, CTTC = 0.3, alpha_ct = 0.5, alpha_st = 1; both
   up to 100 false positives per hour) from the score tables of `detect --scores`.
-Files of the reference without a predicted event count as files with no detections.
+Files of the reference without a predicted event count as files with no detections. PSDS is computed over the
+classes that have reference events (sed_scores_eval refuses a class without any); the figures list them.
 """
 from __future__ import annotations
 
@@ -93,11 +94,16 @@ def psds_metrics(scores: Path, reference: pd.DataFrame, files: list[str]) -> dic
                                               reference["event_label"], strict=True):
         truth[audio_id(filename)].append((float(onset), float(offset), str(label)))
     durations = {name: float(table["offset"].max()) for name, table in tables.items()}
-    figures = {}
+    # sed_scores_eval needs reference events for every class it scores: classes without any are left out (said).
+    present = [name for name in CLASS_NAMES if (reference["event_label"] == name).any()]
+    if not present:
+        raise UserError("PSDS needs reference events; the reference has none")
+    tables = {name: table[["onset", "offset", *present]] for name, table in tables.items()}
+    figures: dict = {"classes": present}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for key, settings in PSDS_SETTINGS.items():
-            value, _, _ = intersection_based.psds(scores=tables, ground_truth=truth, audio_durations=durations,
+            value, *_ = intersection_based.psds(scores=tables, ground_truth=truth, audio_durations=durations,
                                                   **settings)
             figures[key] = float(value)
     return figures
