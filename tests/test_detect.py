@@ -206,3 +206,41 @@ def test_soundscapes_need_folds_with_clips(official_data, tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(UserError, match="not an empty folder"):
         write_soundscapes(official_data, (9,), tmp_path / "full", 1, 0, SoundscapeSettings(augment=False))
+
+
+def test_bad_files_get_a_reason_and_no_events(soundscapes, tmp_path):
+    truth, files = read_reference(soundscapes)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF not really")
+    detection = detect_files([broken], oracle(truth, files[0], HOP), rules(), hop_seconds=HOP)
+    assert detection.files == [] and list(detection.bad) == [str(broken)]
+    assert events_frame(detection).empty
+
+
+def test_the_command_writes_every_format_and_exits_2_on_bad_audio(soundscapes, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, save_fold_checkpoints, subprocess_env, tiny
+
+    from core.plots import read_plot_data
+
+    name = "resnet34_pcen_sam_8fold"
+    save_fold_checkpoints(tmp_path / "solutions", name, folds=(1,), recipe=tiny(name))
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really")
+    wav = soundscapes / "audio" / "soundscape_00000.wav"
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "detect", str(wav), str(tmp_path / "broken.wav"), "--solution", name,
+         "--solutions", str(tmp_path / "solutions"), "--device", "cpu", "--on", "0.1", "--off", "0.05",
+         "--events", str(tmp_path / "events.tsv"), "--scores", str(tmp_path / "scores"), "--plot",
+         str(tmp_path / "plots"), "--reference", str(soundscapes), "--json"],
+        capture_output=True, text=True, cwd=REPO, env=subprocess_env(OMP_NUM_THREADS="1"))
+    assert result.returncode == 2, result.stderr
+    report = json.loads(result.stdout)
+    assert [bad["file"] for bad in report["bad"]] == [str(tmp_path / "broken.wav")]
+    events = read_event_list(tmp_path / "events.tsv")
+    assert len(events) == len(report["files"][0]["events"])
+    assert (tmp_path / "scores" / "soundscape_00000.tsv").is_file()
+    drawn = read_plot_data(tmp_path / "plots" / "soundscape_00000.png")
+    assert len(drawn["reference"]) == len(read_reference(soundscapes)[0].query("filename == 'soundscape_00000.wav'"))
