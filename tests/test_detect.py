@@ -244,3 +244,16 @@ def test_the_command_writes_every_format_and_exits_2_on_bad_audio(soundscapes, t
     assert (tmp_path / "scores" / "soundscape_00000.tsv").is_file()
     drawn = read_plot_data(tmp_path / "plots" / "soundscape_00000.png")
     assert len(drawn["reference"]) == len(read_reference(soundscapes)[0].query("filename == 'soundscape_00000.wav'"))
+
+
+@pytest.mark.slow  # librosa's first pitch shift compiles numba kernels (~30 s)
+def test_pitch_shift_and_time_stretch_follow_the_drawn_values(official_data, tmp_path):
+    import json
+
+    from core.data.soundscapes import SoundscapeSettings, write_soundscapes
+
+    out = write_soundscapes(official_data, (9,), tmp_path / "aug", 1, 3, SoundscapeSettings(duration=6.0))
+    (scape,) = json.loads((out / "soundscapes.json").read_text())["soundscapes"]
+    for event in scape["events"]:
+        assert -3 <= event["pitch_semitones"] <= 3 and 0.8 <= event["time_stretch"] <= 1.2
+        assert 6 <= event["snr_db"] <= 30 and event["fold"] == 9 and 0 <= event["onset"] < event["offset"] <= 6.0
