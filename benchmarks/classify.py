@@ -6,7 +6,7 @@
 Writes `--folds` checkpoints of the solution (fresh weights whose BatchNorm statistics saw real-looking
 clips: the cost of a trained model is the same) and `--files` recordings of `--seconds` at 44.1 kHz
 stereo, then times
-- ours: `core.classify.classify_files` (each file decoded once, windows of all files batched, each
+- ours: `core.infer.classify.classify_files` (each file decoded once, windows of all files batched, each
   batch through every fold model, the mel spectrogram once per batch for all folds);
 - the loop a user would script today: for each fold model, for each file: decode + resample, then
   one window at a time through the model;
@@ -53,8 +53,8 @@ def scripted_loop(models, files: list[Path], sample_rate: int, clip: int, hop: i
     """What a user writes today: every fold model re-decodes every file and runs one window at a time."""
     import torch
 
-    from core.classify import cut_window, window_starts
     from core.data.audio import load_signal
+    from core.infer.classify import cut_window, window_starts
 
     windows = 0
     with torch.inference_mode():
@@ -80,10 +80,10 @@ def main() -> None:
 
     import torch
 
-    from core.classify import classify_files, cut_window, onnx_predictor, torch_predictor, window_starts
     from core.data.audio import load_signal
-    from core.train.fold import Runtime
-    from core.train.predict import load_fold_models
+    from core.infer.classify import classify_files, cut_window, onnx_predictor, torch_predictor, window_starts
+    from core.infer.fold_models import load_fold_models
+    from core.runtime import Runtime
 
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)

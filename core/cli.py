@@ -29,6 +29,9 @@ COMMAND_MODULES = (
     "core.commands.tune",
     "core.commands.report",
     "core.commands.classify",
+    "core.commands.detect",
+    "core.commands.monitor",
+    "core.commands.sed",
 )
 
 for _module in COMMAND_MODULES:

@@ -5,7 +5,7 @@ Inputs:  waveforms float32 [batch, num_samples], mono at the model's sample rate
 Output:  probabilities float32 [batch, 10], the mean of the fold models' softmax.
 The mel spectrogram and PCEN (its inference path: a matmul smoother and plain tensor ops) are in
 the graph; the batch dimension is dynamic. Built with the maintained exporter (torch.onnx.export,
-dynamo); input validation stays outside the graph (see core/classify.py and
+dynamo); input validation stays outside the graph (see core/infer/classify.py and
 examples/onnx_classify.py). The model's metadata_props carry what a user needs to feed it.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ class ExportedModel:
 
 def load_ensemble(solution_dir: Path, solution: str, folds: tuple[int, ...] | None = None):
     """(FoldEnsemble on the CPU in eval mode, the fold models) of a trained solution."""
-    from core.train.fold import Runtime
-    from core.train.predict import load_fold_models
+    from core.infer.fold_models import load_fold_models
+    from core.runtime import Runtime
 
     runtime = Runtime(torch.device("cpu"), "fp32", channels_last=False)
     models = load_fold_models(solution_dir, solution, runtime, folds)

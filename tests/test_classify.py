@@ -13,7 +13,8 @@ from conftest import REPO, demo_clip, save_fold_checkpoints, subprocess_env, tin
 
 from core import CLASS_NAMES
 from core.blend import combine
-from core.classify import (
+from core.errors import UserError
+from core.infer.classify import (
     SaliencePolicy,
     classify_files,
     cut_window,
@@ -22,7 +23,6 @@ from core.classify import (
     window_frame,
     window_starts,
 )
-from core.errors import UserError
 
 RATE, CLIP = 32000, 128000
 BASELINE, FUSION = "resnet34_pcen_sam_8fold", "resnet34_pcen_salience_fusion_attention"

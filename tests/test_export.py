@@ -12,8 +12,8 @@ import torch
 from conftest import REPO, demo_clip, save_fold_checkpoints
 
 from core import CLASS_NAMES, registry
-from core.classify import SaliencePolicy, classify_files, onnx_predictor, torch_predictor
 from core.export import export_onnx, load_ensemble, read_metadata
+from core.infer.classify import SaliencePolicy, classify_files, onnx_predictor, torch_predictor
 
 PARITY_ATOL = 1e-4  # max abs difference of probabilities, onnxruntime vs PyTorch eval mode
 

@@ -51,7 +51,8 @@ def classify(
     from rich.console import Console
 
     from core.atomic import check_writable, write_csv
-    from core.classify import (
+    from core.errors import UserError
+    from core.infer.classify import (
         estimated_windows,
         file_frame,
         find_audio,
@@ -61,7 +62,6 @@ def classify(
         window_frame,
         write_timelines,
     )
-    from core.errors import UserError
 
     chosen = [option for option, value in (("--solution", solution), ("--recipe", recipe), ("--onnx", onnx)) if value]
     if len(chosen) != 1:
@@ -89,7 +89,7 @@ def classify(
         write_csv(window_frame(result), windows)
     plotted = write_timelines(result, plot) if plot is not None else []
     if as_json:
-        from core.classify import as_json as to_json
+        from core.infer.classify import as_json as to_json
 
         typer.echo(json.dumps(to_json(result), indent=2))
     else:
@@ -127,7 +127,7 @@ def blend_members(solution: list[str] | None, recipe: Path | None) -> tuple[list
 
 def run_with_progress(files, spec, hop, aggregate, policy, batch_size, show_bar, console):
     """classify_files with a bar over the files when there is more than a few batches of work."""
-    from core.classify import classify_files
+    from core.infer.classify import classify_files
     from core.progress import progress_bar
 
     with progress_bar(len(files), "classify", console=console, enabled=show_bar) as advance:
@@ -139,7 +139,7 @@ def print_table(result, description: str, console) -> None:
     from rich.table import Table
 
     from core import CLASS_NAMES
-    from core.classify import top_classes
+    from core.infer.classify import top_classes
 
     table = Table(title=f"Classified with {description}")
     for column in ("file", "duration", "windows", "1st", "2nd", "3rd"):

@@ -41,7 +41,7 @@ class PCENFrontend(nn.Module):
     def mel_energies(self, waveforms: Tensor) -> list[Tensor]:
         """waveforms float [B, num_samples] -> one mel magnitude [B, n_mels, frames] per FFT size.
 
-        No trainable weights: models with the same mel settings can share this work (core/classify.py).
+        No trainable weights: models with the same mel settings can share this work (core/infer/classify.py).
         """
         waveforms = waveforms.float()
         with torch.no_grad(), torch.autocast(device_type=waveforms.device.type, enabled=False):

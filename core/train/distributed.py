@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,26 +36,12 @@ import torch
 import torch.distributed as dist
 
 from core.errors import UserError
+from core.runtime import Replicas, current, replica_device  # noqa: F401  (moved to core/runtime.py; kept importable here)
+from core.runtime import environment_int as _environment_int
+from core.runtime import process_group_initialised as _initialised
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(minutes=30)  # rank 0 alone writes the solution summary while the others wait
-
-
-@dataclass(frozen=True)
-class Replicas:
-    """This process's place among the training processes (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def launched_by_torchrun() -> bool:
@@ -75,7 +60,7 @@ def init_from_environment(device_name: str) -> Replicas:
     if missing:
         raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} not set: start "
                         "distributed training with torchrun (see docs/gpu.md), not by setting WORLD_SIZE")
-    from core.train.precision import resolve_device
+    from core.runtime import resolve_device
 
     use_cuda = resolve_device(device_name).type == "cuda"
     local_rank = _environment_int("LOCAL_RANK", 0)
@@ -98,27 +83,10 @@ def process_group(device_name: str) -> Iterator[Replicas]:
         shutdown()
 
 
-def current() -> Replicas:
-    """The process group this process belongs to (rank 0 of 1 when none was initialised)."""
-    if not _initialised():
-        return Replicas()
-    return Replicas(dist.get_rank(), _environment_int("LOCAL_RANK", 0), dist.get_world_size())
-
-
 def shutdown() -> None:
     """Leave the process group (if any) so the process exits cleanly."""
     if _initialised():
         dist.destroy_process_group()
-
-
-def replica_device(device: torch.device, replicas: Replicas) -> torch.device:
-    """The device of this replica: cuda:LOCAL_RANK under torchrun on CUDA, else `device`."""
-    if not replicas.enabled or device.type != "cuda":
-        return device
-    if device.index is not None and device.index != replicas.local_rank:
-        raise UserError(f"--device {device} under torchrun: each process uses cuda:LOCAL_RANK; pass --device "
-                        "cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
-    return torch.device("cuda", replicas.local_rank)
 
 
 def per_replica_batch(batch_size: int, replicas: Replicas) -> int:
@@ -212,17 +180,3 @@ def barrier() -> None:
 
 def _communication_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _initialised() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _environment_int(name: str, default: int) -> int:
-    text = os.environ.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"environment variable {name}={text!r} is not an integer; it is set by torchrun") from None

@@ -28,6 +28,7 @@ from core.metrics import Scores, score
 from core.model.network import build_model
 from core.progress import TrainProgress
 from core.recipe import Recipe
+from core.runtime import Runtime  # noqa: F401  (moved to core/runtime.py; kept importable here)
 from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed
 from core.train.data import (
@@ -43,7 +44,7 @@ from core.train.data import (
 )
 from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
 from core.train.options import TrainOptions
-from core.train.precision import LossScaler, autocast, configure_backends, resolve_device, resolve_precision
+from core.train.precision import LossScaler, autocast, configure_backends
 from core.train.run_identity import IDENTITY_KEY, RunIdentity, check_identity, run_identity
 from core.train.sam import SAM
 from core.train.schedules import Schedule, build_schedule
@@ -72,26 +73,6 @@ class FoldResult:
     best: Scores
     history: list[dict] = field(default_factory=list)
     identity: RunIdentity | None = None
-
-
-@dataclass
-class Runtime:
-    """Resolved device and precision for a run."""
-
-    device: torch.device
-    precision: str
-    channels_last: bool
-
-    @classmethod
-    def from_options(cls, options: TrainOptions) -> Runtime:
-        return cls.resolve(options.device, options.precision, options.channels_last)
-
-    @classmethod
-    def resolve(cls, device: str, precision: str, channels_last: bool | None = None) -> Runtime:
-        """--device/--precision ("auto" included) -> this process's device (its replica's under torchrun)."""
-        target = distributed.replica_device(resolve_device(device), distributed.current())
-        layout = target.type == "cuda" if channels_last is None else channels_last
-        return cls(target, resolve_precision(precision, target), layout)
 
 
 def epoch_seed(seed: int, fold: int, epoch: int) -> int:

@@ -7,55 +7,11 @@ synchronisation (the skip decision); bf16 and fp32 keep the finiteness check wit
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
-from core.errors import UserError
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; asking for CUDA without it is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise UserError(f"unknown --device {name!r}; use auto, cpu or cuda[:N]")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto': bf16 on a CUDA GPU with bf16 tensor cores (Ampere, compute capability 8, and newer; ROCm),
-    fp16 on older CUDA GPUs, fp32 on CPU."""
-    if name not in ("auto", "fp32", "bf16", "fp16"):
-        raise UserError(f"unknown --precision {name!r}; use auto, fp32, bf16 or fp16")
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        # Not torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated (V100, T4), slowly.
-        native_bf16 = bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
-        return "bf16" if native_bf16 else "fp16"
-    return "fp32"
-
-
-def configure_backends(device: torch.device) -> None:
-    """Speed settings for a CUDA run: cuDNN autotuning (every batch has the same shape, so the search pays off).
-
-    TF32 matmuls stay off: the float32 frontend's mel filterbank product would lose precision.
-    Nothing changes on CPU, where runs stay bit-reproducible.
-    """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context for a forward pass (a no-op in fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from core.runtime import autocast, configure_backends, resolve_device, resolve_precision  # noqa: F401  (moved; kept importable here)
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """Inference: the test split through every fold checkpoint of a solution in one pass over the audio."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,49 +9,14 @@ import torch
 
 from core.atomic import write_csv
 from core.data.metadata import DataSource
-from core.errors import UserError
+from core.infer.fold_models import FoldModel, load_fold_models  # noqa: F401  (moved: inference owns loading)
 from core.progress import TrainProgress
-from core.recipe import Recipe
 from core.solution_folder import SolutionFolder
-from core.train import checkpoint
 from core.train.data import WaveformDataset, make_loader, prepare_test, resolve_workers
-from core.train.fold import Runtime, build_on_device
+from core.train.fold import Runtime
 from core.train.options import TrainOptions
 from core.train.precision import autocast, configure_backends
 from core.train.solution import with_probabilities
-
-
-@dataclass
-class FoldModel:
-    fold: int
-    recipe: Recipe
-    model: torch.nn.Module
-
-
-def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
-                     folds: tuple[int, ...] | None = None) -> list[FoldModel]:
-    """Every best_model_fold<k>.pt of a solution (or those of `folds`), each rebuilt from its own recipe."""
-    folder = SolutionFolder(solution_dir)
-    found = {fold: folder.best_model(fold) for fold in folder.folds_with("best_model")}
-    if not found:
-        raise UserError(f"no checkpoints best_model_fold<k>.pt in {solution_dir}; train {solution} first "
-                        f"(./run.sh {solution} --data DIR), or pass --solutions the folder that holds {solution}/")
-    if folds is not None:
-        absent = [fold for fold in folds if fold not in found]
-        if absent:
-            raise UserError(f"{solution_dir} has no checkpoint for fold(s) {', '.join(map(str, absent))}; "
-                            f"folds present: {', '.join(map(str, sorted(found)))}")
-    models = []
-    for fold in folds if folds is not None else sorted(found):
-        path = found[fold]
-        recipe = checkpoint.recipe_of(path)
-        model = build_on_device(recipe, runtime, 0, fold)
-        checkpoint.load_best_into(path, model, solution)
-        models.append(FoldModel(fold, recipe, model.eval()))
-    frontends = {m.recipe.frontend.sample_rate for m in models}, {m.recipe.frontend.num_samples for m in models}
-    if any(len(values) > 1 for values in frontends):
-        raise UserError(f"the checkpoints in {solution_dir} disagree on sample rate or clip length; retrain them alike")
-    return models
 
 
 @torch.no_grad()

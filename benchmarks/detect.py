@@ -1,0 +1,111 @@
+"""Detection speed: real-time factor (audio seconds per second of computation) of `detect` and `monitor`.
+
+    .venv/bin/python benchmarks/detect.py [--solution resnet34_pcen_sam_8fold] [--seconds 30] [--folds 8]
+                                          [--threads 1,2] [--repeats 1] [--no-onnx]
+
+Writes `--folds` stand-in checkpoints (fresh weights: same cost as trained ones) and one recording of
+`--seconds` at 44.1 kHz, then times at hop 0.5 s, for each torch thread count:
+- detect, ours (core.infer.detect.detect_files: decoded and resampled once, windows batched) vs the naive
+  path (every window decoded, resampled and run on its own), for one fold and for the `--folds` ensemble;
+- monitor (core.infer.stream.StreamDetector fed hop-long blocks) for one fold;
+- one fold through onnxruntime (its own thread pool), unless --no-onnx.
+The last line is `RESULT {...}`; targets: one fold >= 20x real time on one thread, the 8-fold ensemble >= 5x
+on two threads, ours >= 1.5x naive.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import demo_clip, save_fold_checkpoints  # noqa: E402  (the tests' stand-in checkpoints)
+from timing import median_seconds  # noqa: E402 (benchmarks/timing.py)
+
+HOP = 0.5
+
+
+def naive_detect(path: Path, spec, hop_seconds: float) -> None:
+    """Every window decoded, resampled and classified on its own."""
+    from core.data.audio import load_signal
+    from core.infer.detect import grid_for
+
+    grid = grid_for(spec, hop_seconds)
+    count = grid.frame_count(len(load_signal(path, spec.sample_rate)))
+    for frame in range(count):
+        signal = load_signal(path, spec.sample_rate)  # what a per-window script does: decode for each window
+        spec.predict(grid.window(signal, frame)[None], (1, 2))
+
+
+def stream(path: Path, spec, rules) -> None:
+    from core.data.audio import load_signal
+    from core.infer.stream import StreamDetector
+
+    signal = load_signal(path, spec.sample_rate)
+    detector = StreamDetector(spec, rules, HOP, (1, 2), batch_size=8)
+    block = detector.grid.hop
+    for start in range(0, len(signal), block):
+        detector.feed(signal[start:start + block])
+    detector.finish()
+
+
+def main() -> None:
+    import soundfile
+    import torch
+
+    from core.export import export_onnx
+    from core.infer.detect import detect_files
+    from core.infer.events import PostProcessing
+    from core.infer.predictors import onnx_predictor, torch_predictor
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--solution", default="resnet34_pcen_sam_8fold")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--folds", type=int, default=8)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-onnx", action="store_true")
+    args = parser.parse_args()
+    rules = PostProcessing.uniform(0.5, 0.3)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        save_fold_checkpoints(root / "one", args.solution, folds=(1,))
+        save_fold_checkpoints(root / "many", args.solution, folds=tuple(range(1, args.folds + 1)))
+        signal = np.concatenate([demo_clip(part, 44100, 44100 * 4) for part in range(int(np.ceil(args.seconds / 4)))])
+        path = root / "street.wav"
+        soundfile.write(path, np.stack([signal, signal], axis=1)[: int(args.seconds * 44100)], 44100)
+        one = torch_predictor([args.solution], [1.0], "mean", root / "one", "cpu", "fp32")
+        many = torch_predictor([args.solution], [1.0], "mean", root / "many", "cpu", "fp32")
+        results: dict[str, float] = {}
+        for threads in [int(t) for t in args.threads.split(",")]:
+            torch.set_num_threads(threads)
+            steps = {f"detect_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP),
+                     f"naive_1fold_t{threads}": lambda: naive_detect(path, one, HOP),
+                     f"monitor_1fold_t{threads}": lambda: stream(path, one, rules),
+                     f"detect_{args.folds}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP),
+                     f"naive_{args.folds}fold_t{threads}": lambda: naive_detect(path, many, HOP)}
+            seconds = median_seconds(list(steps.values()), args.repeats, warmup=0)
+            for name, took in zip(steps, seconds, strict=True):
+                results[name] = round(args.seconds / took, 2)
+                print(f"{name:24s} {results[name]:8.2f}x real time", flush=True)
+        if not args.no_onnx:
+            export_onnx(root / "one" / args.solution, args.solution, root / "one.onnx")
+            ort = onnx_predictor(root / "one.onnx")
+            (took,) = median_seconds([lambda: detect_files([path], ort, rules, hop_seconds=HOP)], args.repeats, 0)
+            results["detect_1fold_onnxruntime"] = round(args.seconds / took, 2)
+            print(f"{'detect_1fold_onnxruntime':24s} {results['detect_1fold_onnxruntime']:8.2f}x real time")
+        for key in [k for k in results if k.startswith("detect_") and "onnx" not in k]:
+            naive = key.replace("detect_", "naive_")
+            results[f"ratio_{key.removeprefix('detect_')}"] = round(results[key] / results[naive], 2)
+    print("RESULT " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""What runs the windows: every fold model of one or more solutions (PyTorch, blended), or an ONNX export."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import UserError
+
+Predictor = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (windows [B, L], salience values) -> [B, 10]
+
+
+@dataclass
+class ModelSpec:
+    """What a predictor needs as input, and how to call it."""
+
+    sample_rate: int
+    num_samples: int
+    predict: Predictor
+    uses_salience: bool
+    description: str
+    fold_keys: tuple[int, ...] = ()             # the fold models' keys (k of best_model_fold<k>), every solution
+
+
+def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
+                    device: str = "auto", precision: str = "auto") -> ModelSpec:
+    """Every fold model of each solution in `solutions/<name>/`, blended with `method` and `weights`."""
+    import torch
+
+    from core.blend import combine
+    from core.infer.fold_models import load_fold_models
+    from core.model.ensemble import FoldEnsemble
+    from core.runtime import Runtime, autocast, configure_backends
+    from core.solution_folder import SolutionFolder
+
+    runtime = Runtime.resolve(device, precision)
+    configure_backends(runtime.device)
+    ensembles, rates, lengths, keys = [], {}, {}, set()
+    for name in solution_names:
+        models = load_fold_models(SolutionFolder.of(solutions, name).root, name, runtime)
+        frontend = models[0].recipe.frontend
+        keys.update(m.fold for m in models)
+        rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
+        ensembles.append(FoldEnsemble([m.model for m in models], [m.recipe.frontend for m in models]).eval())
+    check_same_input(rates, lengths)
+
+    def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
+        waveforms = torch.from_numpy(windows).to(runtime.device, non_blocking=True)
+        per_solution = []
+        with torch.inference_mode(), autocast(runtime.device, runtime.precision):
+            for ensemble in ensembles:
+                values = salience_values if ensemble.uses_salience else (None,)
+                saliences = [None if v is None else torch.full((len(windows),), v, dtype=torch.int64,
+                                                                device=runtime.device) for v in values]
+                runs = ensemble.probabilities(waveforms, saliences)
+                per_solution.append(torch.stack(runs).mean(dim=0).float().cpu().numpy())
+        return per_solution[0] if len(per_solution) == 1 else combine(per_solution, weights, method)
+
+    name = next(iter(rates))
+    return ModelSpec(rates[name], lengths[name], predict, any(e.uses_salience for e in ensembles),
+                     " + ".join(f"{n} ({w:g})" if len(solution_names) > 1 else n
+                                for n, w in zip(solution_names, weights, strict=True)),
+                     tuple(sorted(keys)))
+
+
+def check_same_input(rates: dict[str, int], lengths: dict[str, int]) -> None:
+    """Solutions blended together must take the same sample rate and clip length."""
+    if len(set(rates.values())) > 1 or len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name}: {rates[name]} Hz x {lengths[name]} samples" for name in rates)
+        raise UserError(f"the solutions disagree on sample rate or clip length ({shown}); classify them separately")
+
+
+def onnx_predictor(path: Path) -> ModelSpec:
+    """An exported model (core/export.py) run by onnxruntime on the CPU."""
+    import onnxruntime
+
+    from core.export import read_metadata
+
+    if not Path(path).is_file():
+        raise UserError(f"--onnx {path}: no such file; write one with `python -m core export SOLUTION --out FILE`")
+    try:
+        metadata = read_metadata(path)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:
+        raise UserError(f"--onnx {path}: not a model onnxruntime can load ({type(error).__name__})") from error
+    if "sample_rate" not in metadata or "num_samples" not in metadata:
+        raise UserError(f"--onnx {path}: no sample_rate/num_samples metadata; export it with `python -m core export`")
+    inputs = [item.name for item in session.get_inputs()]
+    uses_salience = "salience" in inputs
+
+    def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
+        runs = []
+        for value in (salience_values if uses_salience else (None,)):
+            feeds = {"waveforms": windows}
+            if value is not None:
+                feeds["salience"] = np.full(len(windows), value, dtype=np.int64)
+            runs.append(session.run(None, feeds)[0])
+        return np.mean(runs, axis=0)
+
+    return ModelSpec(int(metadata["sample_rate"]), int(metadata["num_samples"]), predict, uses_salience,
+                     f"{path} ({metadata.get('solution', '?')}, folds {metadata.get('folds', '?')})",
+                     tuple(int(k) for k in str(metadata.get("folds", "")).split(",") if k.strip().isdigit()))

@@ -1,0 +1,114 @@
+"""monitor: a stream gives the events detect finds in the same samples; a cut stream ends cleanly."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+from conftest import REPO, demo_clip, save_fold_checkpoints, subprocess_env, tiny
+
+from core import CLASS_NAMES
+from core.infer.detect import detect_files
+from core.infer.events import PostProcessing
+from core.infer.predictors import ModelSpec, torch_predictor
+from core.infer.stream import StreamDetector, StreamStats, read_pcm
+
+BASELINE = "resnet34_pcen_sam_8fold"
+RATE = 8000  # the tiny recipe's rate
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    root = tmp_path_factory.mktemp("solutions")
+    save_fold_checkpoints(root, BASELINE, folds=(1, 2), recipe=tiny(BASELINE))
+    return root, torch_predictor([BASELINE], [1.0], "mean", root, "cpu", "fp32")
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """30 s of real-looking clips of several classes at the model's rate, as 16-bit PCM."""
+    signal = np.concatenate([demo_clip(index, RATE, 4 * RATE) for index in (1, 3, 6, 8, 2, 5, 9, 0)])[: 30 * RATE]
+    path = tmp_path_factory.mktemp("stream") / "street.wav"
+    soundfile.write(path, signal, RATE, subtype="PCM_16")
+    return path
+
+
+def thresholds_with_events(scores: np.ndarray) -> PostProcessing:
+    """Thresholds at quantiles of these (untrained) scores, so some events open and close."""
+    on = tuple(float(np.quantile(scores[:, c], 0.7)) for c in range(len(CLASS_NAMES)))
+    off = tuple(float(np.quantile(scores[:, c], 0.5)) for c in range(len(CLASS_NAMES)))
+    return PostProcessing(on, off, median_frames=3, min_length=0.5, min_gap=0.5)
+
+
+def pcm_bytes(path) -> bytes:
+    samples, _ = soundfile.read(path, dtype="int16")
+    return samples.astype("<i2").tobytes()
+
+
+def test_a_stream_gives_the_events_detect_finds_in_the_file(spec, recording, one_torch_thread):
+    _, model = spec
+    first = detect_files([recording], model, PostProcessing.uniform(0.5, 0.3), hop_seconds=0.5).files[0]
+    rules = thresholds_with_events(first.frame_scores)
+    expected = detect_files([recording], model, rules, hop_seconds=0.5).files[0]
+    assert len(expected.events) >= 3
+    scored: list[np.ndarray] = []
+    detector = StreamDetector(model, rules, 0.5, (1, 2), batch_size=8, on_frame=lambda k, row: scored.append(row))
+    events = []
+    stream = io.BytesIO(pcm_bytes(recording))
+    for block in read_pcm(stream, "s16le", 1, 1237, detector.stats):   # blocks that do not line up with hops
+        events.extend(detector.feed(block))
+    events.extend(detector.finish())
+    np.testing.assert_allclose(np.stack(scored), expected.frame_scores, atol=1e-5)
+    assert sorted(events, key=lambda e: (e.onset, e.label)) == expected.events
+
+
+def test_a_stream_cut_inside_a_sample_frame_ends_cleanly_with_open_events_flushed():
+    stats = StreamStats()
+    samples = np.full(3 * RATE, 1000, dtype="<i2").tobytes() + b"\x07"   # 3 s and half a 16-bit sample
+    blocks = list(read_pcm(io.BytesIO(samples), "s16le", 1, 4000, stats))
+    assert sum(len(b) for b in blocks) == 3 * RATE and stats.trailing_bytes == 1
+
+    def always_siren(windows, salience_values):
+        out = np.zeros((len(windows), len(CLASS_NAMES)), dtype=np.float32)
+        out[:, CLASS_NAMES.index("siren")] = 1.0
+        return out
+
+    detector = StreamDetector(ModelSpec(RATE, 4 * RATE, always_siren, False, "stub"),
+                              PostProcessing.uniform(0.5, 0.5), 0.5, ())
+    during = [event for block in blocks for event in detector.feed(block)]
+    assert during == []                                   # the siren never ended before the stream did
+    flushed = detector.finish()
+    assert [(e.onset, e.offset, e.label) for e in flushed] == [(0.0, 3.0, "siren")]
+
+
+def test_stereo_f32_is_averaged_to_mono():
+    stats = StreamStats()
+    frames = np.array([[0.5, -0.5], [0.25, 0.75]], dtype="<f4").tobytes()
+    (block,) = list(read_pcm(io.BytesIO(frames), "f32le", 2, 10, stats))
+    np.testing.assert_allclose(block, [0.0, 0.5])
+
+
+@pytest.mark.slow
+def test_monitor_on_stdin_prints_the_events_detect_writes(spec, recording, tmp_path):
+    root, model = spec
+    first = detect_files([recording], model, PostProcessing.uniform(0.5, 0.3), hop_seconds=0.5).files[0]
+    rules = thresholds_with_events(first.frame_scores)
+    table = tmp_path / "thresholds.csv"
+    table.write_text("event_label,on,off\n" + "".join(f"{n},{rules.on[c]!r},{rules.off[c]!r}\n"
+                                                    for c, n in enumerate(CLASS_NAMES)))
+    common = ["--solution", BASELINE, "--solutions", str(root), "--thresholds", str(table), "--device", "cpu"]
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    detected = subprocess.run([sys.executable, "-m", "core", "detect", str(recording), *common, "--json"],
+                              capture_output=True, text=True, env=env, cwd=REPO)
+    assert detected.returncode == 0, detected.stderr
+    expected = json.loads(detected.stdout)["files"][0]["events"]
+    streamed = subprocess.run([sys.executable, "-m", "core", "monitor", "--input", "-", "--rate", str(RATE), *common],
+                              input=pcm_bytes(recording) + b"\x01", capture_output=True, env=env, cwd=REPO)
+    assert streamed.returncode == 0, streamed.stderr.decode()
+    lines = [json.loads(line) for line in streamed.stdout.decode().splitlines()]
+    assert sorted(lines, key=lambda e: (e["onset"], e["event_label"])) == expected and expected
+    assert "ignored" in streamed.stderr.decode()   # the half sample at the end is reported
