@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from core import NUM_CLASSES
-from core.errors import UserError, format_problems
+from core.data.checks import MetadataError, check_files, check_unique, integers, plain_file_names, read_csv
+from core.errors import UserError
 from core.folds import SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
 
 KAGGLE_TRAIN = Path("metadata/kaggle_train.csv")
@@ -34,14 +35,6 @@ LABELS_REQUIRED = ("ID", "TARGET")
 
 TRAIN_COLUMNS = ["slice_file_name", "fold", "classID", "salience", "path"]
 TEST_COLUMNS = ["ID", "slice_file_name", "path", "salience", "classID"]
-
-
-class MetadataError(UserError):
-    """The metadata cannot be used; `problems` lists every problem found (the message shows them)."""
-
-    def __init__(self, header: str, problems: list[str]) -> None:
-        super().__init__(format_problems(header, problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, eq=False)
@@ -168,11 +161,11 @@ def _recording(key: str) -> str:
 
 def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     problems: list[str] = []
-    train_csv = _read_csv(root, KAGGLE_TRAIN, TRAIN_REQUIRED, problems)
-    test_csv = _read_csv(root, KAGGLE_TEST, TEST_REQUIRED, problems)
+    train_csv = read_csv(root, KAGGLE_TRAIN, TRAIN_REQUIRED, problems, "Kaggle")
+    test_csv = read_csv(root, KAGGLE_TEST, TEST_REQUIRED, problems, "Kaggle")
     labels_csv = None
     if (root / KAGGLE_TEST_LABELS).exists():
-        labels_csv = _read_csv(root, KAGGLE_TEST_LABELS, LABELS_REQUIRED, problems)
+        labels_csv = read_csv(root, KAGGLE_TEST_LABELS, LABELS_REQUIRED, problems, "Kaggle")
 
     train = _empty_train()
     if train_csv is not None:
@@ -180,12 +173,12 @@ def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                             "folds 9-10 are the test split; the Kaggle train CSV uses folds 1-8")
         train["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
                          in zip(train["fold"], train["slice_file_name"])]
-        _check_files(root, train, KAGGLE_TRAIN.name, problems)
+        check_files(root, train, KAGGLE_TRAIN.name, problems)
     test = _empty_test()
     if test_csv is not None:
         test = _kaggle_test_rows(test_csv, problems)
         test["path"] = [str(root / "audio" / "test" / name) for name in test["slice_file_name"]]
-        _check_files(root, test, KAGGLE_TEST.name, problems)
+        check_files(root, test, KAGGLE_TEST.name, problems)
         if labels_csv is not None:
             test["classID"] = _test_labels(test, labels_csv, problems)
     return train, test, problems
@@ -193,14 +186,14 @@ def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     problems: list[str] = []
-    table = _read_csv(root, OFFICIAL, TRAIN_REQUIRED, problems)
+    table = read_csv(root, OFFICIAL, TRAIN_REQUIRED, problems, "official")
     if table is None:
         return _empty_train(), _empty_test(), problems
     rows = _train_rows(table, OFFICIAL.name, TRAIN_FOLDS + TEST_FOLDS, problems,
                        "the official metadata uses folds 1-10")
     rows["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
                     in zip(rows["fold"], rows["slice_file_name"])]
-    _check_files(root, rows, OFFICIAL.name, problems)
+    check_files(root, rows, OFFICIAL.name, problems)
     is_test = rows["fold"].isin(TEST_FOLDS).to_numpy()
     train = rows[~is_test].reset_index(drop=True)
     test = rows[is_test].reset_index(drop=True)
@@ -217,39 +210,14 @@ def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 # ------------------------------------------------------------------------------------ row checks
 
-def _read_csv(root: Path, relative: Path, required: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
-    """The CSV as strings (exact cell text for messages); None (with a problem) if unusable."""
-    path = root / relative
-    if not path.is_file():
-        problems.append(f"{relative} is missing: the {_layout_of(relative)} layout needs it")
-        return None
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        problems.append(f"{relative} cannot be read as CSV ({type(error).__name__}: {error}); fix or replace the file")
-        return None
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        problems.append(f"{relative}: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)}); "
-                        f"the file needs {', '.join(required)}")
-        return None
-    if len(table) == 0:
-        problems.append(f"{relative} has a header but no rows; it needs at least one clip")
-    return table
-
-
-def _layout_of(relative: Path) -> str:
-    return "official" if relative == OFFICIAL else "Kaggle"
-
-
 def _train_rows(table: pd.DataFrame, csv_name: str, folds: tuple[int, ...], problems: list[str],
                 fold_hint: str) -> pd.DataFrame:
     """Validated slice_file_name, fold, classID, salience (int64) of a train-style CSV."""
-    names = _file_names(table, csv_name, problems)
-    fold = _integers(table, "fold", csv_name, folds, problems, fold_hint)
-    class_id = _integers(table, "classID", csv_name, CLASS_IDS, problems,
+    names = plain_file_names(table, "slice_file_name", csv_name, problems)
+    fold = integers(table, "fold", csv_name, folds, problems, fold_hint)
+    class_id = integers(table, "classID", csv_name, CLASS_IDS, problems,
                          f"class IDs are 0-{NUM_CLASSES - 1}")
-    salience = _integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
+    salience = integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
                          "salience is 1 (foreground) or 2 (background)")
     valid = fold.notna() & class_id.notna() & salience.notna() & names.notna()
     names = names[valid].astype(str)
@@ -267,11 +235,11 @@ def _train_rows(table: pd.DataFrame, csv_name: str, folds: tuple[int, ...], prob
 
 def _kaggle_test_rows(table: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     csv_name = KAGGLE_TEST.name
-    names = _file_names(table, csv_name, problems)
-    ids = _integers(table, "ID", csv_name, None, problems, "IDs are integers")
-    _check_unique(ids, csv_name, "ID", problems)
+    names = plain_file_names(table, "slice_file_name", csv_name, problems)
+    ids = integers(table, "ID", csv_name, None, problems, "IDs are integers")
+    check_unique(ids, csv_name, "ID", problems)
     if "salience" in table.columns:
-        salience = _integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
+        salience = integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
                              "salience is 1 (foreground), 2 (background) or empty (unknown)", allow_empty=True)
     else:
         salience = pd.Series(pd.NA, index=table.index, dtype="Int64")
@@ -287,9 +255,9 @@ def _kaggle_test_rows(table: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
 def _test_labels(test: pd.DataFrame, labels: pd.DataFrame, problems: list[str]) -> pd.Series:
     """classID (Int64) of each test row from kaggle_test_labels.csv; every test ID needs exactly one label."""
     csv_name = KAGGLE_TEST_LABELS.name
-    ids = _integers(labels, "ID", csv_name, None, problems, "IDs are integers")
-    targets = _integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{NUM_CLASSES - 1}")
-    _check_unique(ids, csv_name, "ID", problems)
+    ids = integers(labels, "ID", csv_name, None, problems, "IDs are integers")
+    targets = integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{NUM_CLASSES - 1}")
+    check_unique(ids, csv_name, "ID", problems)
     known = ids.notna() & targets.notna()
     by_id = dict(zip(ids[known].astype(np.int64), targets[known].astype(np.int64)))
     unlabelled = [int(test_id) for test_id in test["ID"] if int(test_id) not in by_id]
@@ -301,77 +269,6 @@ def _test_labels(test: pd.DataFrame, labels: pd.DataFrame, problems: list[str]) 
         problems.append(f"{csv_name}: {len(unknown)} ID(s) are not in {KAGGLE_TEST.name} (first: "
                         f"{', '.join(map(str, unknown[:10]))}); check that both files belong to the same test set")
     return pd.Series([by_id.get(int(test_id), pd.NA) for test_id in test["ID"]], index=test.index, dtype="Int64")
-
-
-def _file_names(table: pd.DataFrame, csv_name: str, problems: list[str]) -> pd.Series:
-    """slice_file_name values; empty names or names with a folder part become <NA> with a problem."""
-    names = table["slice_file_name"].str.strip()
-    bad = names.map(lambda name: name in ("", ".", "..") or Path(name).name != name)
-    for position, name in names[bad].items():
-        problems.append(f"{csv_name} line {_line(position)}, column slice_file_name: {name!r} is not a plain "
-                        "file name; write the audio file's name only (no folder)")
-    names = names.where(~bad)
-    _check_unique(names, csv_name, "slice_file_name", problems)
-    return names
-
-
-def _integers(table: pd.DataFrame, column: str, csv_name: str, allowed: tuple[int, ...] | None,
-              problems: list[str], hint: str, allow_empty: bool = False) -> pd.Series:
-    """`column` as nullable Int64; every cell that is not an allowed integer adds a problem and becomes <NA>."""
-    text = table[column].str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    # float64 holds every integer only up to 2**53: a larger ID read as a float could silently change
-    limit = 2 ** 63 - 1 if pd.api.types.is_signed_integer_dtype(numbers) else 2 ** 53
-    is_integer = numbers.notna() & np.isfinite(numbers) & (numbers == np.round(numbers))
-    representable = is_integer & (numbers.abs() <= limit)
-    in_range = representable & (numbers.isin(allowed) if allowed is not None else True)
-    empty = text == ""
-    for position in table.index[~in_range & ~(empty & allow_empty)]:
-        cell = text[position]
-        if cell == "":
-            what = "is empty"
-        elif not is_integer[position]:
-            what = f"{cell!r} is not an integer"
-        elif not representable[position]:
-            what = f"{cell!r} is too large"
-        else:
-            what = f"{cell!r} is out of range"
-        problems.append(f"{csv_name} line {_line(position)}, column {column}: {what} ({hint}); fix or delete the row")
-    return numbers.where(in_range).astype("Int64")
-
-
-def _check_unique(values: pd.Series, csv_name: str, column: str, problems: list[str]) -> None:
-    """One problem per repeated value, naming every line it appears on."""
-    present = values.dropna()
-    repeated = present[present.duplicated(keep=False)]
-    for value, group in repeated.groupby(repeated, sort=False):
-        lines = ", ".join(str(_line(position)) for position in group.index)
-        problems.append(f"{csv_name}, column {column}: '{value}' appears on lines {lines}; "
-                        "each clip must be listed once, delete the extra rows")
-
-
-def _check_files(root: Path, rows: pd.DataFrame, csv_name: str, problems: list[str]) -> None:
-    """Every listed audio file must exist; a missing folder is one problem, not one per file."""
-    paths = [Path(path) for path in rows["path"]]
-    folder_exists: dict[Path, bool] = {}
-    missing_in_folder: dict[Path, int] = {}
-    for position, path in enumerate(paths):
-        folder = path.parent
-        if folder not in folder_exists:
-            folder_exists[folder] = folder.is_dir()
-        if not folder_exists[folder]:
-            missing_in_folder[folder] = missing_in_folder.get(folder, 0) + 1
-        elif not path.is_file():
-            problems.append(f"{path.relative_to(root)} (listed in {csv_name}) does not exist; "
-                            "restore the file or delete its row")
-    for folder, count in missing_in_folder.items():
-        problems.append(f"folder {folder.relative_to(root)} does not exist ({count} row(s) of {csv_name} point into "
-                        "it); restore the audio folder or point --data at the right data folder")
-
-
-def _line(position: int) -> int:
-    """CSV line number of a data row (line 1 is the header)."""
-    return int(position) + 2
 
 
 def _empty_train() -> pd.DataFrame:
