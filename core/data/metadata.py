@@ -1,31 +1,53 @@
 """Metadata: detect the data layout, validate every CSV row, and return the train and test tables.
 
-Two layouts, detected from the data folder:
+Five layouts, detected from the data folder (the first two here, the others in layouts.py):
 - Kaggle: metadata/kaggle_train.csv + metadata/kaggle_test.csv (+ optional kaggle_test_labels.csv
   with ID,TARGET); audio in audio/fold<k>/ and audio/test/.
 - Official UrbanSound8K: metadata/UrbanSound8K.csv; audio in audio/fold1..10/. Train = folds 1-8,
   test = folds 9-10 with IDs 0..N-1 in metadata order and their labels kept.
+- ESC-50 (meta/esc50.csv, audio/), a generic CSV (metadata.csv) and class folders (<root>/<class>/):
+  every labelled clip is in `train` and `all_folds`, with the data's folds or folds assigned once
+  (fold_assignment.py); the test split is empty unless a generic CSV marks rows with fold `test`.
 
 Everything is checked before any work starts and every problem is reported in one MetadataError.
+The DataSource also says what the data is: its class names, folds, salience and native sample rates.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core import NUM_CLASSES
+from core import CLASS_NAMES, NUM_CLASSES
+from core.data.audio import RateSummary, native_rates
 from core.data.checks import MetadataError, check_files, check_unique, integers, plain_file_names, read_csv
+from core.data.fold_assignment import groups_from_pattern, stored_or_assigned_folds
+from core.data.layouts import (
+    ESC50_CSV,
+    GENERIC_CSV,
+    LayoutTables,
+    looks_like_class_folders,
+    read_class_folders,
+    read_esc50,
+    read_generic_csv,
+)
 from core.errors import UserError
-from core.folds import SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
+from core.folds import ALL_FOLDS, SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
 
 KAGGLE_TRAIN = Path("metadata/kaggle_train.csv")
 KAGGLE_TEST = Path("metadata/kaggle_test.csv")
 KAGGLE_TEST_LABELS = Path("metadata/kaggle_test_labels.csv")
 OFFICIAL = Path("metadata/UrbanSound8K.csv")
+
+LAYOUTS = ("kaggle", "official", "esc50", "csv", "folders")
+LAYOUT_MARKERS = {"kaggle": KAGGLE_TRAIN, "official": OFFICIAL, "esc50": ESC50_CSV, "csv": GENERIC_CSV}
+LAYOUT_NAMES = {"kaggle": "Kaggle", "official": "official", "esc50": "ESC-50", "csv": "CSV",
+                "folders": "class-folder"}
+OWN_READERS = {"esc50": read_esc50, "csv": read_generic_csv, "folders": read_class_folders}
 
 CLASS_IDS = tuple(range(NUM_CLASSES))
 
@@ -39,14 +61,34 @@ TEST_COLUMNS = ["ID", "slice_file_name", "path", "salience", "classID"]
 
 @dataclass(frozen=True, eq=False)
 class DataSource:
-    """A validated data folder: the train rows (folds 1-8) and the test rows, with absolute audio paths."""
+    """A validated data folder: the cross-validation rows, the test rows (absolute audio paths) and what the data is.
+
+    UrbanSound8K layouts: `train` holds folds 1-8; the defaults below are UrbanSound8K's constants.
+    Other layouts: `train` and `all_folds` hold every labelled clip; `salience` is <NA> without salience.
+    """
 
     root: Path
-    layout: str                 # "kaggle" | "official"
-    train: pd.DataFrame         # slice_file_name, fold (int 1..8), classID (int 0..9), salience (int 1|2), path
+    layout: str                 # one of LAYOUTS
+    train: pd.DataFrame         # slice_file_name, fold, classID (int), salience (int 1|2; Int64 <NA> if none), path
     test: pd.DataFrame          # ID (int), slice_file_name, path, salience (Int64, <NA> if unknown), classID (Int64)
-    all_folds: pd.DataFrame | None = None  # official layout: folds 1-10 as train-style rows (us8k-10fold protocol)
+    all_folds: pd.DataFrame | None = None  # every labelled fold as train-style rows (None: the Kaggle layout)
     fold_leakage: str | None = None         # the leakage found, when --allow-fold-leakage let it through
+    class_names: tuple[str, ...] = CLASS_NAMES  # classID = index
+    folds: tuple[int, ...] = TRAIN_FOLDS        # every fold number of the labelled clips
+    test_folds: tuple[int, ...] = ()            # the folds that make up the test split (official: 9, 10)
+    has_salience: bool = True                   # every labelled clip has a salience annotation
+    groups: pd.Series | None = None             # path -> recording/group of each clip (<NA>: unknown)
+    folds_assigned: bool = False                # folds came from fold_assignment (the layout gives none)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the data has (the width of a model's head)."""
+        return len(self.class_names)
+
+    @property
+    def cross_validation_folds(self) -> tuple[int, ...]:
+        """The folds that are not the test split."""
+        return tuple(fold for fold in self.folds if fold not in self.test_folds)
 
     @property
     def has_test_labels(self) -> bool:
@@ -58,44 +100,62 @@ class DataSource:
         """True when every test row has a salience value."""
         return len(self.test) > 0 and bool(self.test["salience"].notna().all())
 
+    @cached_property
+    def sample_rates(self) -> RateSummary:
+        """The audio's native sample rates (headers only, read once, on first use)."""
+        labelled = self.all_folds if self.all_folds is not None else self.train
+        return native_rates(list(dict.fromkeys([*labelled["path"], *self.test["path"]])))
+
 
 def detect_layout(root: Path) -> str:
-    """'kaggle' or 'official' from the metadata files present under `root`; MetadataError otherwise."""
+    """One of LAYOUTS from the metadata files (or class folders) present under `root`; MetadataError otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise MetadataError(f"data folder {root} does not exist or is not a folder",
-                            ["pass --data the folder that holds metadata/ and audio/"])
-    has_kaggle = (root / KAGGLE_TRAIN).is_file()
-    has_official = (root / OFFICIAL).is_file()
-    if has_kaggle and has_official:
+                            ["pass --data the folder that holds your data set (its metadata and audio)"])
+    found = [layout for layout, marker in LAYOUT_MARKERS.items() if (root / marker).is_file()]
+    if len(found) > 1:
         raise MetadataError(
-            f"{root} holds both layouts, so it is unclear which one to use:",
-            [f"{KAGGLE_TRAIN} (Kaggle layout) and {OFFICIAL} (official layout); "
-             "remove one, or point --data at a folder with only one of them"])
-    if has_kaggle:
-        return "kaggle"
-    if has_official:
-        return "official"
+            f"{root} holds {'both' if len(found) == 2 else 'several'} layouts, so it is unclear which one to use:",
+            [" and ".join(f"{LAYOUT_MARKERS[layout]} ({LAYOUT_NAMES[layout]} layout)" for layout in found)
+             + "; remove all but one, or point --data at a folder with only one of them"])
+    if found:
+        return found[0]
+    if not (root / "metadata").exists() and not (root / "meta").exists() and looks_like_class_folders(root):
+        return "folders"
     raise MetadataError(
-        f"{root} is not an UrbanSound8K data folder; looked for:",
+        f"{root} is not a data folder of a known layout; looked for:",
         [f"{KAGGLE_TRAIN} + {KAGGLE_TEST} with audio/fold<k>/ and audio/test/ (Kaggle layout)",
          f"{OFFICIAL} with audio/fold1..10/ (official layout)",
-         "pass --data the folder that contains metadata/ and audio/"])
+         f"{ESC50_CSV} with audio/ (ESC-50 layout)",
+         f"{GENERIC_CSV} with columns file,label [,fold,salience,group] (CSV layout)",
+         "one folder per class holding .wav/.flac/.ogg files (class-folder layout)",
+         "pass --data the folder that contains them"])
 
 
 class FoldLeakageError(UserError):
     """Clips of one recording (fsID) sit in two folds, or in the training folds and the test split."""
 
 
-def load_source(root: Path, allow_fold_leakage: bool = False) -> DataSource:
+def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | None = None,
+                group_pattern: str | None = None, folds_file: Path | None = None) -> DataSource:
     """Detect the layout of `root`, validate all metadata and audio paths, and return the tables.
 
-    Raises MetadataError listing every problem (missing columns, class IDs outside 0-9, salience not
-    1 or 2, bad folds or IDs, duplicate names, listed files that are absent) before any work starts,
-    then FoldLeakageError if one recording spans folds (unless `allow_fold_leakage`).
+    Raises MetadataError listing every problem (missing columns, unknown classes, salience not 1 or
+    2, bad or unknown folds or IDs, duplicate names, listed files that are absent) before any work
+    starts, then FoldLeakageError if one recording spans folds (unless `allow_fold_leakage`).
+    For a layout without folds (class folders, a CSV without a fold column) the folds come from
+    `folds_file` when it holds a matching assignment, else are assigned (`n_folds`, default 5) and
+    written there (fold_assignment.py). `group_pattern`: a regex whose first group (or match) in each
+    file name names its recording, for layouts that do not name recordings themselves.
     """
     root = Path(root).resolve()
     layout = detect_layout(root)
+    if layout in OWN_READERS:
+        return _load_own(root, layout, allow_fold_leakage, n_folds, group_pattern, folds_file)
+    if n_folds is not None or group_pattern is not None:
+        raise UserError(f"{root} is in the {LAYOUT_NAMES[layout]} UrbanSound8K layout, whose folds and recordings "
+                        "(fsID) are given; --n-folds and --group-pattern apply to data without them")
     train, test, problems = (_load_kaggle if layout == "kaggle" else _load_official)(root)
     if problems:
         raise MetadataError(f"the metadata in {root} has {len(problems)} problem(s); nothing was done:", problems)
@@ -103,13 +163,60 @@ def load_source(root: Path, allow_fold_leakage: bool = False) -> DataSource:
     if layout == "official":  # folds 9-10 are labelled too: all ten folds, for the 10-fold protocol
         labelled = all_folds = pd.concat([train, test.astype({"classID": np.int64, "salience": np.int64})
                                           [TRAIN_COLUMNS + ["recording"]]], ignore_index=True)
-    leakage = fold_leakage(labelled, test if layout == "kaggle" else None)
+    leakage = _checked_leakage(root, fold_leakage(labelled, test if layout == "kaggle" else None), allow_fold_leakage)
+    test_recordings = test["slice_file_name"].map(recording_of) if layout == "kaggle" else pd.Series(dtype=object)
+    groups = pd.concat([pd.Series(labelled["recording"].to_numpy(), index=labelled["path"], dtype=object),
+                        pd.Series(test_recordings.to_numpy(), index=test["path"][:len(test_recordings)],
+                                  dtype=object)])
+    return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
+                      all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage,
+                      class_names=CLASS_NAMES, folds=ALL_FOLDS if layout == "official" else TRAIN_FOLDS,
+                      test_folds=TEST_FOLDS if layout == "official" else (), has_salience=True,
+                      groups=groups.where(groups.notna(), pd.NA))
+
+
+def _load_own(root: Path, layout: str, allow_fold_leakage: bool, n_folds: int | None, group_pattern: str | None,
+              folds_file: Path | None) -> DataSource:
+    """ESC-50, generic CSV or class folders: validate, take or assign the folds, guard against leakage."""
+    problems: list[str] = []
+    tables: LayoutTables = OWN_READERS[layout](root, problems)
+    labelled, test = tables.labelled, tables.test
+    if group_pattern is not None:
+        if labelled["group"].notna().any():
+            raise UserError(f"{root}: the {LAYOUT_NAMES[layout]} layout names each clip's recording already "
+                            f"({'src_file' if layout == 'esc50' else 'the group column'}); drop --group-pattern")
+        labelled = labelled.assign(group=groups_from_pattern(labelled["slice_file_name"], group_pattern, problems))
+        test = test.assign(group=groups_from_pattern(test["slice_file_name"], group_pattern, problems))
+    if tables.folds_given and n_folds is not None:
+        problems.append(f"--n-folds {n_folds}: the {LAYOUT_NAMES[layout]} layout gives its folds "
+                        f"({GENERIC_CSV} column fold or {ESC50_CSV}); drop --n-folds or the fold column")
+    if problems:
+        raise MetadataError(f"the data in {root} has {len(problems)} problem(s); nothing was done:", problems)
+    if not tables.folds_given:
+        labelled = labelled.assign(fold=stored_or_assigned_folds(
+            labelled["slice_file_name"], labelled["classID"], labelled["group"], n_folds, folds_file))
+    labelled = labelled.astype({"fold": np.int64})
+    leakage = fold_leakage(labelled.rename(columns={"group": "recording"}),
+                           test.rename(columns={"group": "recording"}), per_class=False)
+    leakage = _checked_leakage(root, leakage, allow_fold_leakage)
+    groups = pd.concat([pd.Series(labelled["group"].to_numpy(), index=labelled["path"], dtype=object),
+                        pd.Series(test["group"].to_numpy(), index=test["path"], dtype=object)])
+    train = labelled[TRAIN_COLUMNS].reset_index(drop=True)
+    if tables.has_salience:
+        train = train.astype({"salience": np.int64})
+    return DataSource(root=root, layout=layout, train=train, test=test[TEST_COLUMNS], all_folds=train,
+                      fold_leakage=leakage, class_names=tables.class_names,
+                      folds=tuple(sorted(set(train["fold"].tolist()))), test_folds=(),
+                      has_salience=tables.has_salience, groups=groups, folds_assigned=not tables.folds_given)
+
+
+def _checked_leakage(root: Path, leakage: str | None, allow_fold_leakage: bool) -> str | None:
+    """`leakage`, or FoldLeakageError when there is some and the user did not allow it."""
     if leakage and not allow_fold_leakage:
         raise FoldLeakageError(f"{root}: {leakage}. Clips cut from one recording must stay in one fold, or scores "
                                "are inflated (random splits of UrbanSound8K reach ~98 % instead of ~84 %). Fix the "
                                "folds, or pass --allow-fold-leakage to proceed knowingly (the summary then says so).")
-    return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
-                      all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage)
+    return leakage
 
 
 # --------------------------------------------------------------------------------- fold leakage
@@ -124,7 +231,7 @@ def recording_of(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None) -> str | None:
+def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None, per_class: bool = True) -> str | None:
     """None, or what leaks: one recording's clips of a class in two labelled folds; such test clips in them.
 
     The unit is a recording's clips of one class (fsID + classID): that is how UrbanSound8K's own
@@ -132,27 +239,36 @@ def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None) -> str | Non
     published folds pass and a recording split across folds does not. `labelled` needs columns
     recording (fsID or <NA>), classID and fold; `test` (the Kaggle layout's unlabelled split, whose
     names may follow UrbanSound8K's naming, class field included) needs slice_file_name.
+    `per_class=False` (data sets whose groups are the unit, e.g. ESC-50's src_file): the key is the
+    recording alone, and a `test` with a recording column is checked on it.
     """
     problems = []
     known = labelled.dropna(subset=["recording"])
-    keys = known["recording"].astype(str) + "/" + known["classID"].astype(str)
+    keys = known["recording"].astype(str) + ("/" + known["classID"].astype(str) if per_class else "")
     folds_of = known.groupby(keys)["fold"].agg(lambda folds: sorted(set(folds)))
     spread = folds_of[folds_of.map(len) > 1]
     if len(spread):
-        shown = "; ".join(f"{_recording(key)} in folds {','.join(map(str, folds))}"
+        shown = "; ".join(f"{_recording(key, per_class)} in folds {','.join(map(str, folds))}"
                           for key, folds in spread.head(SHOWN_RECORDINGS).items())
         problems.append(f"{len(spread)} recording(s) appear in more than one fold (first: {shown})")
-    if test is not None and len(test):
+    if test is not None and len(test) and not per_class:
+        shared = sorted(set(test["recording"].dropna().astype(str)) & set(folds_of.index))
+        if shared:
+            problems.append(f"{len(shared)} test recording(s) also appear in the training folds (first: "
+                            f"{'; '.join(_recording(key, False) for key in shared[:SHOWN_RECORDINGS])})")
+    elif test is not None and len(test):
         matches = test["slice_file_name"].str.extract(SLICE_NAME).dropna()
         shared = sorted(set(matches[0] + "/" + matches[1]) & set(folds_of.index))
         if shared:
-            shown = "; ".join(f"{_recording(key)} (train folds {','.join(map(str, folds_of[key]))})"
+            shown = "; ".join(f"{_recording(key, per_class)} (train folds {','.join(map(str, folds_of[key]))})"
                               for key in shared[:SHOWN_RECORDINGS])
             problems.append(f"{len(shared)} test recording(s) also appear in the training folds (first: {shown})")
     return "; ".join(problems) or None
 
 
-def _recording(key: str) -> str:
+def _recording(key: str, per_class: bool) -> str:
+    if not per_class:
+        return f"recording {key!r}"
     recording, class_id = key.split("/")
     return f"fsID {recording} (class {class_id})"
 
