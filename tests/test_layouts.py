@@ -262,3 +262,26 @@ def test_leakage_guard_works_on_groups(tmp_path):
     assert allowed.fold_leakage.startswith("1 recording(s)")
     clean = frame.assign(group=["r1", "r2", "r3", "r4", "r5", "r6"])
     assert load_source(write_generic(tmp_path / "clean", clean)).fold_leakage is None
+
+
+# ------------------------------------------------------------------------------------------ synth CLI
+
+def test_synth_command_writes_each_own_layout(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from core.cli import main
+
+    monkeypatch.setattr(synth, "MIN_SECONDS", 0.05)
+    monkeypatch.setattr(synth, "MAX_SECONDS", 0.1)
+    out = tmp_path / "esc"
+    monkeypatch.setattr(sys, "argv", ["core", "synth", "--out", str(out), "--layout", "esc50",
+                                      "--clips-per-class-fold", "1", "--workers", "1", "--no-progress"])
+    main()
+    assert "wrote 50 labelled clips of 10 classes (esc50 layout; folds 1, 2, 3, 4, 5)" in capsys.readouterr().err
+    assert load_source(out).layout == "esc50"
+    monkeypatch.setattr(sys, "argv", ["core", "synth", "--out", str(tmp_path / "other"), "--layout", "csv",
+                                      "--like", str(out / "meta" / "esc50.csv"), "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "does not apply to --layout csv" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
