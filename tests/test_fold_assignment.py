@@ -53,9 +53,11 @@ def test_assignment_ignores_clip_order_and_follows_the_seed():
     assert any(other != folds.tolist() for other in others)
 
 
-def test_more_folds_than_groups_is_refused():
+def test_more_folds_than_groups_or_one_fold_is_refused():
     with pytest.raises(UserError, match="5 folds need at least 5 groups"):
         assign_folds([0, 1, 0, 1], ["a", "a", "b", "c"], n_folds=5)
+    with pytest.raises(UserError, match="--n-folds must be at least 2"):
+        assign_folds([0, 1, 0, 1], ["a", "b", "c", "d"], n_folds=1)
 
 
 def test_group_pattern_takes_the_first_capture_group_or_the_whole_match():

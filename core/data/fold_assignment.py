@@ -34,6 +34,8 @@ def assign_folds(labels: Sequence[int], groups: Sequence[str], n_folds: int, see
 
     The result depends only on the (label, group) pairs and the seed, not on the order of the clips.
     """
+    if n_folds < 2:
+        raise UserError(f"--n-folds must be at least 2 (cross-validation needs a fold to hold out); got {n_folds}")
     frame = pd.DataFrame({"label": np.asarray(labels, dtype=np.int64), "group": [str(group) for group in groups]})
     if frame["group"].nunique() < n_folds:
         raise UserError(f"{n_folds} folds need at least {n_folds} groups (recordings); the data has "

@@ -198,7 +198,8 @@ def _generic_groups(table: pd.DataFrame, csv_name: str, problems: list[str]) -> 
 
 def looks_like_class_folders(root: Path) -> bool:
     """True when some visible subfolder of `root` holds audio (the class-folder layout's shape)."""
-    return any(_audio_files(folder) for folder in _class_folders(root))
+    return any(path.suffix.lower() in AUDIO_SUFFIXES and path.is_file()
+               for folder in _class_folders(root) for path in folder.rglob("*"))
 
 
 def read_class_folders(root: Path, problems: list[str]) -> LayoutTables:

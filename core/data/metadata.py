@@ -164,10 +164,10 @@ def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | 
         labelled = all_folds = pd.concat([train, test.astype({"classID": np.int64, "salience": np.int64})
                                           [TRAIN_COLUMNS + ["recording"]]], ignore_index=True)
     leakage = _checked_leakage(root, fold_leakage(labelled, test if layout == "kaggle" else None), allow_fold_leakage)
-    test_recordings = test["slice_file_name"].map(recording_of) if layout == "kaggle" else pd.Series(dtype=object)
-    groups = pd.concat([pd.Series(labelled["recording"].to_numpy(), index=labelled["path"], dtype=object),
-                        pd.Series(test_recordings.to_numpy(), index=test["path"][:len(test_recordings)],
-                                  dtype=object)])
+    groups = pd.Series(labelled["recording"].to_numpy(), index=labelled["path"], dtype=object)
+    if layout == "kaggle":  # the test clips' recordings, where their names follow UrbanSound8K's naming
+        groups = pd.concat([groups, pd.Series(test["slice_file_name"].map(recording_of).to_numpy(),
+                                              index=test["path"], dtype=object)])
     return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
                       all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage,
                       class_names=CLASS_NAMES, folds=ALL_FOLDS if layout == "official" else TRAIN_FOLDS,
