@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import core.demo.synth as synth
 from core import CLASS_NAMES
@@ -285,3 +287,36 @@ def test_synth_command_writes_each_own_layout(tmp_path, monkeypatch, capsys):
         main()
     assert exit_info.value.code == 2 and "does not apply to --layout csv" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+# ------------------------------------------------------------------------------ any cell, no traceback
+
+NASTY_CELLS = ["", " ", "0", "1", "2", "3", "-1", "6", "test", "TEST", "1.5", "nan", "inf", "1e400",
+               "99999999999999999999", "a.wav", "../x.wav", "/abs.wav", "sub/b.wav", "dog", "cat", "é", "a,b", '"']
+
+
+@given(cells=st.lists(st.lists(st.sampled_from(NASTY_CELLS), min_size=5, max_size=5), min_size=1, max_size=6),
+       layout=st.sampled_from(["csv", "esc50"]))
+@example(cells=[["a.wav", "dog", "1", "1", "r1"], ["sub/b.wav", "cat", "2", "2", "r2"]], layout="csv")
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_cells_give_a_source_or_a_user_error(tmp_path_factory, cells, layout):
+    """Whatever the cells, the reader returns a consistent source or one UserError: never another exception."""
+    root = tmp_path_factory.mktemp("nasty")
+    columns = ["file", "label", "fold", "salience", "group"] if layout == "csv" else [
+        "filename", "fold", "target", "category", "src_file"]
+    csv_path = root / ("metadata.csv" if layout == "csv" else "meta/esc50.csv")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(cells, columns=columns).to_csv(csv_path, index=False)
+    audio = root if layout == "csv" else root / "audio"
+    for name in {row[0] for row in cells}:
+        target = (audio / name) if name and ".." not in name and not name.startswith("/") else None
+        if target is not None and target.suffix == ".wav":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch()
+    try:
+        source = load_source(root)
+    except UserError as error:
+        assert str(error).strip()
+        return
+    assert len(source.class_names) >= 2 and source.train["classID"].between(0, source.num_classes - 1).all()
+    assert set(source.train["fold"]) == set(source.folds) and all(Path(path).is_file() for path in source.train["path"])
