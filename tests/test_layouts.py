@@ -57,7 +57,7 @@ def test_each_layout_reads_to_the_same_table(own_sets, tmp_path):
         assert source.folds == (1, 2, 3, 4, 5) and source.test_folds == () and source.cross_validation_folds == (
             1, 2, 3, 4, 5)
         assert len(source.test) == 0 and not source.has_test_labels
-        assert source.all_folds is source.train and source.fold_leakage is None
+        assert source.labelled is source.train and source.all_folds is None and source.fold_leakage is None
         assert source.folds_assigned == (layout != "esc50")
         assert source.sample_rates.rates == (22050, 44100, 48000)
         assert sum(source.sample_rates.counts.values()) == 50 and source.sample_rates.unreadable == 0
@@ -78,6 +78,7 @@ def test_urbansound8k_layouts_describe_themselves(tiny_data):
     source = load_source(tiny_data)
     assert source.layout == "kaggle" and source.class_names == CLASS_NAMES and source.num_classes == 10
     assert source.folds == tuple(range(1, 9)) and source.test_folds == () and source.has_salience
+    assert source.labelled is source.train and source.cross_validation_folds == source.folds
     assert not source.folds_assigned
     assert source.groups[source.train["path"].iloc[0]] == source.train["slice_file_name"].iloc[0].split("-")[0]
     assert source.sample_rates.rates == (22050, 44100, 48000) and sum(source.sample_rates.counts.values()) == 90
@@ -320,3 +321,21 @@ def test_any_cells_give_a_source_or_a_user_error(tmp_path_factory, cells, layout
         return
     assert len(source.class_names) >= 2 and source.train["classID"].between(0, source.num_classes - 1).all()
     assert set(source.train["fold"]) == set(source.folds) and all(Path(path).is_file() for path in source.train["path"])
+
+
+def test_official_layout_describes_its_test_folds(tmp_path):
+    root = tmp_path / "UrbanSound8K"
+    rows = pd.DataFrame([(f"{100 + fold}-{fold % 10}-0-0.wav", 100 + fold, 0.0, 4.0, 1, fold, fold % 10,
+                          CLASS_NAMES[fold % 10]) for fold in range(1, 11)],
+                        columns=["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"])
+    (root / "metadata").mkdir(parents=True)
+    rows.to_csv(root / "metadata" / "UrbanSound8K.csv", index=False)
+    for row in rows.itertuples():
+        (root / "audio" / f"fold{row.fold}").mkdir(parents=True)
+        (root / "audio" / f"fold{row.fold}" / row.slice_file_name).touch()
+    source = load_source(root)
+    assert source.folds == tuple(range(1, 11)) and source.test_folds == (9, 10)
+    assert source.cross_validation_folds == tuple(range(1, 9)) and source.labelled is source.all_folds
+    assert len(source.labelled) == 10 and source.class_names == CLASS_NAMES and source.has_salience
+    assert source.groups[str(root.resolve() / "audio" / "fold9" / "109-9-0-0.wav")] == "109"
+    assert source.sample_rates.unreadable == 10 and source.sample_rates.counts == {}  # placeholders: no header

@@ -6,7 +6,7 @@ Five layouts, detected from the data folder (the first two here, the others in l
 - Official UrbanSound8K: metadata/UrbanSound8K.csv; audio in audio/fold1..10/. Train = folds 1-8,
   test = folds 9-10 with IDs 0..N-1 in metadata order and their labels kept.
 - ESC-50 (meta/esc50.csv, audio/), a generic CSV (metadata.csv) and class folders (<root>/<class>/):
-  every labelled clip is in `train` and `all_folds`, with the data's folds or folds assigned once
+  every labelled clip is in `train` (`all_folds` stays UrbanSound8K's), with the data's folds or folds assigned once
   (fold_assignment.py); the test split is empty unless a generic CSV marks rows with fold `test`.
 
 Everything is checked before any work starts and every problem is reported in one MetadataError.
@@ -64,14 +64,14 @@ class DataSource:
     """A validated data folder: the cross-validation rows, the test rows (absolute audio paths) and what the data is.
 
     UrbanSound8K layouts: `train` holds folds 1-8; the defaults below are UrbanSound8K's constants.
-    Other layouts: `train` and `all_folds` hold every labelled clip; `salience` is <NA> without salience.
+    Other layouts: `train` holds every labelled clip; its `salience` is <NA> where the data has none.
     """
 
     root: Path
     layout: str                 # one of LAYOUTS
     train: pd.DataFrame         # slice_file_name, fold, classID (int), salience (int 1|2; Int64 <NA> if none), path
     test: pd.DataFrame          # ID (int), slice_file_name, path, salience (Int64, <NA> if unknown), classID (Int64)
-    all_folds: pd.DataFrame | None = None  # every labelled fold as train-style rows (None: the Kaggle layout)
+    all_folds: pd.DataFrame | None = None  # official layout: folds 1-10 as train-style rows (us8k-10fold protocol)
     fold_leakage: str | None = None         # the leakage found, when --allow-fold-leakage let it through
     class_names: tuple[str, ...] = CLASS_NAMES  # classID = index
     folds: tuple[int, ...] = TRAIN_FOLDS        # every fold number of the labelled clips
@@ -84,6 +84,11 @@ class DataSource:
     def num_classes(self) -> int:
         """How many classes the data has (the width of a model's head)."""
         return len(self.class_names)
+
+    @property
+    def labelled(self) -> pd.DataFrame:
+        """Every labelled clip with its fold (train-style rows): official folds 1-10, else `train`."""
+        return self.all_folds if self.all_folds is not None else self.train
 
     @property
     def cross_validation_folds(self) -> tuple[int, ...]:
@@ -103,8 +108,7 @@ class DataSource:
     @cached_property
     def sample_rates(self) -> RateSummary:
         """The audio's native sample rates (headers only, read once, on first use)."""
-        labelled = self.all_folds if self.all_folds is not None else self.train
-        return native_rates(list(dict.fromkeys([*labelled["path"], *self.test["path"]])))
+        return native_rates(list(dict.fromkeys([*self.labelled["path"], *self.test["path"]])))
 
 
 def detect_layout(root: Path) -> str:
@@ -204,7 +208,7 @@ def _load_own(root: Path, layout: str, allow_fold_leakage: bool, n_folds: int | 
     train = labelled[TRAIN_COLUMNS].reset_index(drop=True)
     if tables.has_salience:
         train = train.astype({"salience": np.int64})
-    return DataSource(root=root, layout=layout, train=train, test=test[TEST_COLUMNS], all_folds=train,
+    return DataSource(root=root, layout=layout, train=train, test=test[TEST_COLUMNS], all_folds=None,
                       fold_leakage=leakage, class_names=tables.class_names,
                       folds=tuple(sorted(set(train["fold"].tolist()))), test_folds=(),
                       has_salience=tables.has_salience, groups=groups, folds_assigned=not tables.folds_given)
