@@ -1,4 +1,4 @@
-"""`synth`: write a Kaggle-layout synthetic dataset of urban sounds (the demo set, or a full-size mirror)."""
+"""`synth`: write a synthetic dataset of urban sounds in any layout (the demo set, or a full-size mirror)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,10 +22,13 @@ def synth(
     workers: int | None = typer.Option(None, min=1, help="Rendering processes [default: the number of "
                                                             "cores for 256+ clips]."),
     layout: str = typer.Option("kaggle", help="kaggle: folds 1-8 + a labelled test split | official: "
-                                              "UrbanSound8K's own layout, folds 1-10 (for --protocol us8k-10fold)."),
+                                              "UrbanSound8K's own layout, folds 1-10 (for --protocol us8k-10fold) | "
+                                              "esc50: ESC-50's layout, 5 folds | csv: metadata.csv (file,label,"
+                                              "salience,group) | folders: one folder per class. The last three "
+                                              "hold the same clips: --clips-per-class-fold x 5 per class."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Write a synthetic UrbanSound8K-like dataset (Kaggle or official layout, all labelled) to OUT."""
+    """Write a synthetic UrbanSound8K-like dataset (any layout --data reads, all labelled) to OUT."""
     import pandas as pd
     from rich.console import Console
 
@@ -34,6 +37,14 @@ def synth(
     root = write_synthetic_dataset(out, seed=seed, like=like, clips_per_class_fold=clips_per_class_fold,
                                    test_clips_per_class=test_clips_per_class, workers=workers, progress=progress,
                                    layout=layout)
+    if layout in ("esc50", "csv", "folders"):
+        from core.data.metadata import load_source
+
+        source = load_source(root)
+        Console(stderr=True).print(f"wrote {len(source.train)} labelled clips of {source.num_classes} classes "
+                                   f"({layout} layout; folds {', '.join(map(str, source.folds))}"
+                                   f"{', assigned when read' if source.folds_assigned else ''}) to {root}")
+        return
     if layout == "official":
         table = pd.read_csv(root / "metadata" / "UrbanSound8K.csv")
         Console(stderr=True).print(f"wrote {len(table)} labelled clips in folds 1-10 (official layout) to {root}")

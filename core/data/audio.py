@@ -8,6 +8,7 @@ Unreadable, empty or non-finite audio raises AudioError: it is never replaced by
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +109,37 @@ def load_clip(path: Path, sample_rate: int, num_samples: int) -> np.ndarray:
 
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class RateSummary:
+    """How many clips have each native sample rate; `unreadable`: files whose header soundfile cannot read."""
+
+    counts: dict[int, int]
+    unreadable: int = 0
+
+    @property
+    def rates(self) -> tuple[int, ...]:
+        """The distinct native rates, ascending."""
+        return tuple(sorted(self.counts))
+
+    def describe(self) -> str:
+        """One line, e.g. '44100 Hz: 12 clips, 22050 Hz: 3 clips'."""
+        parts = [f"{rate} Hz: {count} clips" for rate, count in sorted(self.counts.items())]
+        return ", ".join(parts + ([f"{self.unreadable} unreadable"] if self.unreadable else [])) or "no clips"
+
+
+def native_rates(paths: list[str]) -> RateSummary:
+    """The native sample rates of `paths` from their headers (no decoding); unreadable ones are counted."""
+    import soundfile
+
+    counts: dict[int, int] = {}
+    unreadable = 0
+    for path in paths:
+        try:
+            rate = int(soundfile.info(path).samplerate)
+        except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, OSError):
+            unreadable += 1  # the loader reports why when the clip is used (AudioError)
+            continue
+        counts[rate] = counts.get(rate, 0) + 1
+    return RateSummary(counts, unreadable)

@@ -1,30 +1,53 @@
 """Metadata: detect the data layout, validate every CSV row, and return the train and test tables.
 
-Two layouts, detected from the data folder:
+Five layouts, detected from the data folder (the first two here, the others in layouts.py):
 - Kaggle: metadata/kaggle_train.csv + metadata/kaggle_test.csv (+ optional kaggle_test_labels.csv
   with ID,TARGET); audio in audio/fold<k>/ and audio/test/.
 - Official UrbanSound8K: metadata/UrbanSound8K.csv; audio in audio/fold1..10/. Train = folds 1-8,
   test = folds 9-10 with IDs 0..N-1 in metadata order and their labels kept.
+- ESC-50 (meta/esc50.csv, audio/), a generic CSV (metadata.csv) and class folders (<root>/<class>/):
+  every labelled clip is in `train` (`all_folds` stays UrbanSound8K's), with the data's folds or folds assigned once
+  (fold_assignment.py); the test split is empty unless a generic CSV marks rows with fold `test`.
 
 Everything is checked before any work starts and every problem is reported in one MetadataError.
+The DataSource also says what the data is: its class names, folds, salience and native sample rates.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core import NUM_CLASSES
-from core.errors import UserError, format_problems
-from core.folds import SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
+from core import CLASS_NAMES, NUM_CLASSES
+from core.data.audio import RateSummary, native_rates
+from core.data.checks import MetadataError, check_files, check_unique, integers, plain_file_names, read_csv
+from core.data.fold_assignment import groups_from_pattern, stored_or_assigned_folds
+from core.data.layouts import (
+    ESC50_CSV,
+    GENERIC_CSV,
+    LayoutTables,
+    looks_like_class_folders,
+    read_class_folders,
+    read_esc50,
+    read_generic_csv,
+)
+from core.errors import UserError
+from core.folds import ALL_FOLDS, SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
 
 KAGGLE_TRAIN = Path("metadata/kaggle_train.csv")
 KAGGLE_TEST = Path("metadata/kaggle_test.csv")
 KAGGLE_TEST_LABELS = Path("metadata/kaggle_test_labels.csv")
 OFFICIAL = Path("metadata/UrbanSound8K.csv")
+
+LAYOUTS = ("kaggle", "official", "esc50", "csv", "folders")
+LAYOUT_MARKERS = {"kaggle": KAGGLE_TRAIN, "official": OFFICIAL, "esc50": ESC50_CSV, "csv": GENERIC_CSV}
+LAYOUT_NAMES = {"kaggle": "Kaggle", "official": "official", "esc50": "ESC-50", "csv": "CSV",
+                "folders": "class-folder"}
+OWN_READERS = {"esc50": read_esc50, "csv": read_generic_csv, "folders": read_class_folders}
 
 CLASS_IDS = tuple(range(NUM_CLASSES))
 
@@ -36,24 +59,41 @@ TRAIN_COLUMNS = ["slice_file_name", "fold", "classID", "salience", "path"]
 TEST_COLUMNS = ["ID", "slice_file_name", "path", "salience", "classID"]
 
 
-class MetadataError(UserError):
-    """The metadata cannot be used; `problems` lists every problem found (the message shows them)."""
-
-    def __init__(self, header: str, problems: list[str]) -> None:
-        super().__init__(format_problems(header, problems))
-        self.problems = problems
-
-
 @dataclass(frozen=True, eq=False)
 class DataSource:
-    """A validated data folder: the train rows (folds 1-8) and the test rows, with absolute audio paths."""
+    """A validated data folder: the cross-validation rows, the test rows (absolute audio paths) and what the data is.
+
+    UrbanSound8K layouts: `train` holds folds 1-8; the defaults below are UrbanSound8K's constants.
+    Other layouts: `train` holds every labelled clip; its `salience` is <NA> where the data has none.
+    """
 
     root: Path
-    layout: str                 # "kaggle" | "official"
-    train: pd.DataFrame         # slice_file_name, fold (int 1..8), classID (int 0..9), salience (int 1|2), path
+    layout: str                 # one of LAYOUTS
+    train: pd.DataFrame         # slice_file_name, fold, classID (int), salience (int 1|2; Int64 <NA> if none), path
     test: pd.DataFrame          # ID (int), slice_file_name, path, salience (Int64, <NA> if unknown), classID (Int64)
     all_folds: pd.DataFrame | None = None  # official layout: folds 1-10 as train-style rows (us8k-10fold protocol)
     fold_leakage: str | None = None         # the leakage found, when --allow-fold-leakage let it through
+    class_names: tuple[str, ...] = CLASS_NAMES  # classID = index
+    folds: tuple[int, ...] = TRAIN_FOLDS        # every fold number of the labelled clips
+    test_folds: tuple[int, ...] = ()            # the folds that make up the test split (official: 9, 10)
+    has_salience: bool = True                   # every labelled clip has a salience annotation
+    groups: pd.Series | None = None             # path -> recording/group of each clip (<NA>: unknown)
+    folds_assigned: bool = False                # folds came from fold_assignment (the layout gives none)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the data has (the width of a model's head)."""
+        return len(self.class_names)
+
+    @property
+    def labelled(self) -> pd.DataFrame:
+        """Every labelled clip with its fold (train-style rows): official folds 1-10, else `train`."""
+        return self.all_folds if self.all_folds is not None else self.train
+
+    @property
+    def cross_validation_folds(self) -> tuple[int, ...]:
+        """The folds that are not the test split."""
+        return tuple(fold for fold in self.folds if fold not in self.test_folds)
 
     @property
     def has_test_labels(self) -> bool:
@@ -65,44 +105,61 @@ class DataSource:
         """True when every test row has a salience value."""
         return len(self.test) > 0 and bool(self.test["salience"].notna().all())
 
+    @cached_property
+    def sample_rates(self) -> RateSummary:
+        """The audio's native sample rates (headers only, read once, on first use)."""
+        return native_rates(list(dict.fromkeys([*self.labelled["path"], *self.test["path"]])))
+
 
 def detect_layout(root: Path) -> str:
-    """'kaggle' or 'official' from the metadata files present under `root`; MetadataError otherwise."""
+    """One of LAYOUTS from the metadata files (or class folders) present under `root`; MetadataError otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise MetadataError(f"data folder {root} does not exist or is not a folder",
-                            ["pass --data the folder that holds metadata/ and audio/"])
-    has_kaggle = (root / KAGGLE_TRAIN).is_file()
-    has_official = (root / OFFICIAL).is_file()
-    if has_kaggle and has_official:
+                            ["pass --data the folder that holds your data set (its metadata and audio)"])
+    found = [layout for layout, marker in LAYOUT_MARKERS.items() if (root / marker).is_file()]
+    if len(found) > 1:
         raise MetadataError(
-            f"{root} holds both layouts, so it is unclear which one to use:",
-            [f"{KAGGLE_TRAIN} (Kaggle layout) and {OFFICIAL} (official layout); "
-             "remove one, or point --data at a folder with only one of them"])
-    if has_kaggle:
-        return "kaggle"
-    if has_official:
-        return "official"
+            f"{root} holds {'both' if len(found) == 2 else 'several'} layouts, so it is unclear which one to use:",
+            [" and ".join(f"{LAYOUT_MARKERS[layout]} ({LAYOUT_NAMES[layout]} layout)" for layout in found)
+             + "; remove all but one, or point --data at a folder with only one of them"])
+    if found:
+        return found[0]
+    if not (root / "metadata").exists() and not (root / "meta").exists() and looks_like_class_folders(root):
+        return "folders"
     raise MetadataError(
-        f"{root} is not an UrbanSound8K data folder; looked for:",
+        f"{root} is not a data folder of a known layout; looked for:",
         [f"{KAGGLE_TRAIN} + {KAGGLE_TEST} with audio/fold<k>/ and audio/test/ (Kaggle layout)",
          f"{OFFICIAL} with audio/fold1..10/ (official layout)",
-         "pass --data the folder that contains metadata/ and audio/"])
+         f"{ESC50_CSV} with audio/ (ESC-50 layout)",
+         f"{GENERIC_CSV} with columns file,label [,fold,salience,group] (CSV layout)",
+         "one folder per class holding .wav/.flac/.ogg files (class-folder layout)",
+         "pass --data the folder that contains them"])
 
 
 class FoldLeakageError(UserError):
     """Clips of one recording (fsID) sit in two folds, or in the training folds and the test split."""
 
 
-def load_source(root: Path, allow_fold_leakage: bool = False) -> DataSource:
+def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | None = None,
+                group_pattern: str | None = None, folds_file: Path | None = None) -> DataSource:
     """Detect the layout of `root`, validate all metadata and audio paths, and return the tables.
 
-    Raises MetadataError listing every problem (missing columns, class IDs outside 0-9, salience not
-    1 or 2, bad folds or IDs, duplicate names, listed files that are absent) before any work starts,
-    then FoldLeakageError if one recording spans folds (unless `allow_fold_leakage`).
+    Raises MetadataError listing every problem (missing columns, unknown classes, salience not 1 or
+    2, bad or unknown folds or IDs, duplicate names, listed files that are absent) before any work
+    starts, then FoldLeakageError if one recording spans folds (unless `allow_fold_leakage`).
+    For a layout without folds (class folders, a CSV without a fold column) the folds come from
+    `folds_file` when it holds a matching assignment, else are assigned (`n_folds`, default 5) and
+    written there (fold_assignment.py). `group_pattern`: a regex whose first group (or match) in each
+    file name names its recording, for layouts that do not name recordings themselves.
     """
     root = Path(root).resolve()
     layout = detect_layout(root)
+    if layout in OWN_READERS:
+        return _load_own(root, layout, allow_fold_leakage, n_folds, group_pattern, folds_file)
+    if n_folds is not None or group_pattern is not None:
+        raise UserError(f"{root} is in the {LAYOUT_NAMES[layout]} UrbanSound8K layout, whose folds and recordings "
+                        "(fsID) are given; --n-folds and --group-pattern apply to data without them")
     train, test, problems = (_load_kaggle if layout == "kaggle" else _load_official)(root)
     if problems:
         raise MetadataError(f"the metadata in {root} has {len(problems)} problem(s); nothing was done:", problems)
@@ -110,13 +167,60 @@ def load_source(root: Path, allow_fold_leakage: bool = False) -> DataSource:
     if layout == "official":  # folds 9-10 are labelled too: all ten folds, for the 10-fold protocol
         labelled = all_folds = pd.concat([train, test.astype({"classID": np.int64, "salience": np.int64})
                                           [TRAIN_COLUMNS + ["recording"]]], ignore_index=True)
-    leakage = fold_leakage(labelled, test if layout == "kaggle" else None)
+    leakage = _checked_leakage(root, fold_leakage(labelled, test if layout == "kaggle" else None), allow_fold_leakage)
+    groups = pd.Series(labelled["recording"].to_numpy(), index=labelled["path"], dtype=object)
+    if layout == "kaggle":  # the test clips' recordings, where their names follow UrbanSound8K's naming
+        groups = pd.concat([groups, pd.Series(test["slice_file_name"].map(recording_of).to_numpy(),
+                                              index=test["path"], dtype=object)])
+    return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
+                      all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage,
+                      class_names=CLASS_NAMES, folds=ALL_FOLDS if layout == "official" else TRAIN_FOLDS,
+                      test_folds=TEST_FOLDS if layout == "official" else (), has_salience=True,
+                      groups=groups.where(groups.notna(), pd.NA))
+
+
+def _load_own(root: Path, layout: str, allow_fold_leakage: bool, n_folds: int | None, group_pattern: str | None,
+              folds_file: Path | None) -> DataSource:
+    """ESC-50, generic CSV or class folders: validate, take or assign the folds, guard against leakage."""
+    problems: list[str] = []
+    tables: LayoutTables = OWN_READERS[layout](root, problems)
+    labelled, test = tables.labelled, tables.test
+    if group_pattern is not None:
+        if labelled["group"].notna().any():
+            raise UserError(f"{root}: the {LAYOUT_NAMES[layout]} layout names each clip's recording already "
+                            f"({'src_file' if layout == 'esc50' else 'the group column'}); drop --group-pattern")
+        labelled = labelled.assign(group=groups_from_pattern(labelled["slice_file_name"], group_pattern, problems))
+        test = test.assign(group=groups_from_pattern(test["slice_file_name"], group_pattern, problems))
+    if tables.folds_given and n_folds is not None:
+        problems.append(f"--n-folds {n_folds}: the {LAYOUT_NAMES[layout]} layout gives its folds "
+                        f"({GENERIC_CSV} column fold or {ESC50_CSV}); drop --n-folds or the fold column")
+    if problems:
+        raise MetadataError(f"the data in {root} has {len(problems)} problem(s); nothing was done:", problems)
+    if not tables.folds_given:
+        labelled = labelled.assign(fold=stored_or_assigned_folds(
+            labelled["slice_file_name"], labelled["classID"], labelled["group"], n_folds, folds_file))
+    labelled = labelled.astype({"fold": np.int64})
+    leakage = fold_leakage(labelled.rename(columns={"group": "recording"}),
+                           test.rename(columns={"group": "recording"}), per_class=False)
+    leakage = _checked_leakage(root, leakage, allow_fold_leakage)
+    groups = pd.concat([pd.Series(labelled["group"].to_numpy(), index=labelled["path"], dtype=object),
+                        pd.Series(test["group"].to_numpy(), index=test["path"], dtype=object)])
+    train = labelled[TRAIN_COLUMNS].reset_index(drop=True)
+    if tables.has_salience:
+        train = train.astype({"salience": np.int64})
+    return DataSource(root=root, layout=layout, train=train, test=test[TEST_COLUMNS], all_folds=None,
+                      fold_leakage=leakage, class_names=tables.class_names,
+                      folds=tuple(sorted(set(train["fold"].tolist()))), test_folds=(),
+                      has_salience=tables.has_salience, groups=groups, folds_assigned=not tables.folds_given)
+
+
+def _checked_leakage(root: Path, leakage: str | None, allow_fold_leakage: bool) -> str | None:
+    """`leakage`, or FoldLeakageError when there is some and the user did not allow it."""
     if leakage and not allow_fold_leakage:
         raise FoldLeakageError(f"{root}: {leakage}. Clips cut from one recording must stay in one fold, or scores "
                                "are inflated (random splits of UrbanSound8K reach ~98 % instead of ~84 %). Fix the "
                                "folds, or pass --allow-fold-leakage to proceed knowingly (the summary then says so).")
-    return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
-                      all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage)
+    return leakage
 
 
 # --------------------------------------------------------------------------------- fold leakage
@@ -131,7 +235,7 @@ def recording_of(name: str) -> str | None:
     return match.group(1) if match else None
 
 
-def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None) -> str | None:
+def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None, per_class: bool = True) -> str | None:
     """None, or what leaks: one recording's clips of a class in two labelled folds; such test clips in them.
 
     The unit is a recording's clips of one class (fsID + classID): that is how UrbanSound8K's own
@@ -139,27 +243,36 @@ def fold_leakage(labelled: pd.DataFrame, test: pd.DataFrame | None) -> str | Non
     published folds pass and a recording split across folds does not. `labelled` needs columns
     recording (fsID or <NA>), classID and fold; `test` (the Kaggle layout's unlabelled split, whose
     names may follow UrbanSound8K's naming, class field included) needs slice_file_name.
+    `per_class=False` (data sets whose groups are the unit, e.g. ESC-50's src_file): the key is the
+    recording alone, and a `test` with a recording column is checked on it.
     """
     problems = []
     known = labelled.dropna(subset=["recording"])
-    keys = known["recording"].astype(str) + "/" + known["classID"].astype(str)
+    keys = known["recording"].astype(str) + ("/" + known["classID"].astype(str) if per_class else "")
     folds_of = known.groupby(keys)["fold"].agg(lambda folds: sorted(set(folds)))
     spread = folds_of[folds_of.map(len) > 1]
     if len(spread):
-        shown = "; ".join(f"{_recording(key)} in folds {','.join(map(str, folds))}"
+        shown = "; ".join(f"{_recording(key, per_class)} in folds {','.join(map(str, folds))}"
                           for key, folds in spread.head(SHOWN_RECORDINGS).items())
         problems.append(f"{len(spread)} recording(s) appear in more than one fold (first: {shown})")
-    if test is not None and len(test):
+    if test is not None and len(test) and not per_class:
+        shared = sorted(set(test["recording"].dropna().astype(str)) & set(folds_of.index))
+        if shared:
+            problems.append(f"{len(shared)} test recording(s) also appear in the training folds (first: "
+                            f"{'; '.join(_recording(key, False) for key in shared[:SHOWN_RECORDINGS])})")
+    elif test is not None and len(test):
         matches = test["slice_file_name"].str.extract(SLICE_NAME).dropna()
         shared = sorted(set(matches[0] + "/" + matches[1]) & set(folds_of.index))
         if shared:
-            shown = "; ".join(f"{_recording(key)} (train folds {','.join(map(str, folds_of[key]))})"
+            shown = "; ".join(f"{_recording(key, per_class)} (train folds {','.join(map(str, folds_of[key]))})"
                               for key in shared[:SHOWN_RECORDINGS])
             problems.append(f"{len(shared)} test recording(s) also appear in the training folds (first: {shown})")
     return "; ".join(problems) or None
 
 
-def _recording(key: str) -> str:
+def _recording(key: str, per_class: bool) -> str:
+    if not per_class:
+        return f"recording {key!r}"
     recording, class_id = key.split("/")
     return f"fsID {recording} (class {class_id})"
 
@@ -168,11 +281,11 @@ def _recording(key: str) -> str:
 
 def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     problems: list[str] = []
-    train_csv = _read_csv(root, KAGGLE_TRAIN, TRAIN_REQUIRED, problems)
-    test_csv = _read_csv(root, KAGGLE_TEST, TEST_REQUIRED, problems)
+    train_csv = read_csv(root, KAGGLE_TRAIN, TRAIN_REQUIRED, problems, "Kaggle")
+    test_csv = read_csv(root, KAGGLE_TEST, TEST_REQUIRED, problems, "Kaggle")
     labels_csv = None
     if (root / KAGGLE_TEST_LABELS).exists():
-        labels_csv = _read_csv(root, KAGGLE_TEST_LABELS, LABELS_REQUIRED, problems)
+        labels_csv = read_csv(root, KAGGLE_TEST_LABELS, LABELS_REQUIRED, problems, "Kaggle")
 
     train = _empty_train()
     if train_csv is not None:
@@ -180,12 +293,12 @@ def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                             "folds 9-10 are the test split; the Kaggle train CSV uses folds 1-8")
         train["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
                          in zip(train["fold"], train["slice_file_name"])]
-        _check_files(root, train, KAGGLE_TRAIN.name, problems)
+        check_files(root, train, KAGGLE_TRAIN.name, problems)
     test = _empty_test()
     if test_csv is not None:
         test = _kaggle_test_rows(test_csv, problems)
         test["path"] = [str(root / "audio" / "test" / name) for name in test["slice_file_name"]]
-        _check_files(root, test, KAGGLE_TEST.name, problems)
+        check_files(root, test, KAGGLE_TEST.name, problems)
         if labels_csv is not None:
             test["classID"] = _test_labels(test, labels_csv, problems)
     return train, test, problems
@@ -193,14 +306,14 @@ def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     problems: list[str] = []
-    table = _read_csv(root, OFFICIAL, TRAIN_REQUIRED, problems)
+    table = read_csv(root, OFFICIAL, TRAIN_REQUIRED, problems, "official")
     if table is None:
         return _empty_train(), _empty_test(), problems
     rows = _train_rows(table, OFFICIAL.name, TRAIN_FOLDS + TEST_FOLDS, problems,
                        "the official metadata uses folds 1-10")
     rows["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
                     in zip(rows["fold"], rows["slice_file_name"])]
-    _check_files(root, rows, OFFICIAL.name, problems)
+    check_files(root, rows, OFFICIAL.name, problems)
     is_test = rows["fold"].isin(TEST_FOLDS).to_numpy()
     train = rows[~is_test].reset_index(drop=True)
     test = rows[is_test].reset_index(drop=True)
@@ -217,39 +330,14 @@ def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
 
 # ------------------------------------------------------------------------------------ row checks
 
-def _read_csv(root: Path, relative: Path, required: tuple[str, ...], problems: list[str]) -> pd.DataFrame | None:
-    """The CSV as strings (exact cell text for messages); None (with a problem) if unusable."""
-    path = root / relative
-    if not path.is_file():
-        problems.append(f"{relative} is missing: the {_layout_of(relative)} layout needs it")
-        return None
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        problems.append(f"{relative} cannot be read as CSV ({type(error).__name__}: {error}); fix or replace the file")
-        return None
-    missing = [column for column in required if column not in table.columns]
-    if missing:
-        problems.append(f"{relative}: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)}); "
-                        f"the file needs {', '.join(required)}")
-        return None
-    if len(table) == 0:
-        problems.append(f"{relative} has a header but no rows; it needs at least one clip")
-    return table
-
-
-def _layout_of(relative: Path) -> str:
-    return "official" if relative == OFFICIAL else "Kaggle"
-
-
 def _train_rows(table: pd.DataFrame, csv_name: str, folds: tuple[int, ...], problems: list[str],
                 fold_hint: str) -> pd.DataFrame:
     """Validated slice_file_name, fold, classID, salience (int64) of a train-style CSV."""
-    names = _file_names(table, csv_name, problems)
-    fold = _integers(table, "fold", csv_name, folds, problems, fold_hint)
-    class_id = _integers(table, "classID", csv_name, CLASS_IDS, problems,
+    names = plain_file_names(table, "slice_file_name", csv_name, problems)
+    fold = integers(table, "fold", csv_name, folds, problems, fold_hint)
+    class_id = integers(table, "classID", csv_name, CLASS_IDS, problems,
                          f"class IDs are 0-{NUM_CLASSES - 1}")
-    salience = _integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
+    salience = integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
                          "salience is 1 (foreground) or 2 (background)")
     valid = fold.notna() & class_id.notna() & salience.notna() & names.notna()
     names = names[valid].astype(str)
@@ -267,11 +355,11 @@ def _train_rows(table: pd.DataFrame, csv_name: str, folds: tuple[int, ...], prob
 
 def _kaggle_test_rows(table: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     csv_name = KAGGLE_TEST.name
-    names = _file_names(table, csv_name, problems)
-    ids = _integers(table, "ID", csv_name, None, problems, "IDs are integers")
-    _check_unique(ids, csv_name, "ID", problems)
+    names = plain_file_names(table, "slice_file_name", csv_name, problems)
+    ids = integers(table, "ID", csv_name, None, problems, "IDs are integers")
+    check_unique(ids, csv_name, "ID", problems)
     if "salience" in table.columns:
-        salience = _integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
+        salience = integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
                              "salience is 1 (foreground), 2 (background) or empty (unknown)", allow_empty=True)
     else:
         salience = pd.Series(pd.NA, index=table.index, dtype="Int64")
@@ -287,9 +375,9 @@ def _kaggle_test_rows(table: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
 def _test_labels(test: pd.DataFrame, labels: pd.DataFrame, problems: list[str]) -> pd.Series:
     """classID (Int64) of each test row from kaggle_test_labels.csv; every test ID needs exactly one label."""
     csv_name = KAGGLE_TEST_LABELS.name
-    ids = _integers(labels, "ID", csv_name, None, problems, "IDs are integers")
-    targets = _integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{NUM_CLASSES - 1}")
-    _check_unique(ids, csv_name, "ID", problems)
+    ids = integers(labels, "ID", csv_name, None, problems, "IDs are integers")
+    targets = integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{NUM_CLASSES - 1}")
+    check_unique(ids, csv_name, "ID", problems)
     known = ids.notna() & targets.notna()
     by_id = dict(zip(ids[known].astype(np.int64), targets[known].astype(np.int64)))
     unlabelled = [int(test_id) for test_id in test["ID"] if int(test_id) not in by_id]
@@ -301,77 +389,6 @@ def _test_labels(test: pd.DataFrame, labels: pd.DataFrame, problems: list[str]) 
         problems.append(f"{csv_name}: {len(unknown)} ID(s) are not in {KAGGLE_TEST.name} (first: "
                         f"{', '.join(map(str, unknown[:10]))}); check that both files belong to the same test set")
     return pd.Series([by_id.get(int(test_id), pd.NA) for test_id in test["ID"]], index=test.index, dtype="Int64")
-
-
-def _file_names(table: pd.DataFrame, csv_name: str, problems: list[str]) -> pd.Series:
-    """slice_file_name values; empty names or names with a folder part become <NA> with a problem."""
-    names = table["slice_file_name"].str.strip()
-    bad = names.map(lambda name: name in ("", ".", "..") or Path(name).name != name)
-    for position, name in names[bad].items():
-        problems.append(f"{csv_name} line {_line(position)}, column slice_file_name: {name!r} is not a plain "
-                        "file name; write the audio file's name only (no folder)")
-    names = names.where(~bad)
-    _check_unique(names, csv_name, "slice_file_name", problems)
-    return names
-
-
-def _integers(table: pd.DataFrame, column: str, csv_name: str, allowed: tuple[int, ...] | None,
-              problems: list[str], hint: str, allow_empty: bool = False) -> pd.Series:
-    """`column` as nullable Int64; every cell that is not an allowed integer adds a problem and becomes <NA>."""
-    text = table[column].str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    # float64 holds every integer only up to 2**53: a larger ID read as a float could silently change
-    limit = 2 ** 63 - 1 if pd.api.types.is_signed_integer_dtype(numbers) else 2 ** 53
-    is_integer = numbers.notna() & np.isfinite(numbers) & (numbers == np.round(numbers))
-    representable = is_integer & (numbers.abs() <= limit)
-    in_range = representable & (numbers.isin(allowed) if allowed is not None else True)
-    empty = text == ""
-    for position in table.index[~in_range & ~(empty & allow_empty)]:
-        cell = text[position]
-        if cell == "":
-            what = "is empty"
-        elif not is_integer[position]:
-            what = f"{cell!r} is not an integer"
-        elif not representable[position]:
-            what = f"{cell!r} is too large"
-        else:
-            what = f"{cell!r} is out of range"
-        problems.append(f"{csv_name} line {_line(position)}, column {column}: {what} ({hint}); fix or delete the row")
-    return numbers.where(in_range).astype("Int64")
-
-
-def _check_unique(values: pd.Series, csv_name: str, column: str, problems: list[str]) -> None:
-    """One problem per repeated value, naming every line it appears on."""
-    present = values.dropna()
-    repeated = present[present.duplicated(keep=False)]
-    for value, group in repeated.groupby(repeated, sort=False):
-        lines = ", ".join(str(_line(position)) for position in group.index)
-        problems.append(f"{csv_name}, column {column}: '{value}' appears on lines {lines}; "
-                        "each clip must be listed once, delete the extra rows")
-
-
-def _check_files(root: Path, rows: pd.DataFrame, csv_name: str, problems: list[str]) -> None:
-    """Every listed audio file must exist; a missing folder is one problem, not one per file."""
-    paths = [Path(path) for path in rows["path"]]
-    folder_exists: dict[Path, bool] = {}
-    missing_in_folder: dict[Path, int] = {}
-    for position, path in enumerate(paths):
-        folder = path.parent
-        if folder not in folder_exists:
-            folder_exists[folder] = folder.is_dir()
-        if not folder_exists[folder]:
-            missing_in_folder[folder] = missing_in_folder.get(folder, 0) + 1
-        elif not path.is_file():
-            problems.append(f"{path.relative_to(root)} (listed in {csv_name}) does not exist; "
-                            "restore the file or delete its row")
-    for folder, count in missing_in_folder.items():
-        problems.append(f"folder {folder.relative_to(root)} does not exist ({count} row(s) of {csv_name} point into "
-                        "it); restore the audio folder or point --data at the right data folder")
-
-
-def _line(position: int) -> int:
-    """CSV line number of a data row (line 1 is the header)."""
-    return int(position) + 2
 
 
 def _empty_train() -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Synthetic demo data: an UrbanSound8K-like set of procedurally generated urban sounds.
+r"""Synthetic demo data: an UrbanSound8K-like set of procedurally generated urban sounds.
 
 `write_synthetic_dataset` (and `python -m core synth`) writes the Kaggle layout
     metadata/kaggle_train.csv        slice_file_name,fsID,start,end,salience,fold,classID,class (folds 1-8)
@@ -13,6 +13,13 @@ envelope and duration (0.3-4 s); salience 1 (foreground) or 2 (quieter, under am
 clip draws from its own seeded RNG, so the number of worker processes does not matter).
 With `like=UrbanSound8K.csv` it mirrors the real metadata row for row (names, fsID, folds,
 durations capped at 4 s, salience, classes): folds 1-8 -> train, folds 9-10 -> test.
+With layout="esc50" | "csv" | "folders" it writes one set of clips (`clips_per_class_fold` x 5 folds per
+class, two clips per recording) in the layouts for your own data (core/data/layouts.py):
+    esc50:   meta/esc50.csv (filename,fold,target,category,esc10,src_file,take) and audio/*.wav; its 5 folds
+             are the ones fold_assignment gives these clips grouped by recording
+    csv:     metadata.csv (file,label,salience,group) and audio/*.wav; no folds (they are assigned)
+    folders: <class>/*.wav (the second clip of each recording in <class>/more/); no folds, no groups
+             (--group-pattern '^(\d+)-' recovers the recordings, and then the same folds as esc50)
 The set is built in a hidden temporary folder and renamed into place when complete.
 """
 from __future__ import annotations
@@ -31,6 +38,8 @@ import pandas as pd
 
 from core import CLASS_NAMES, NUM_CLASSES
 from core.atomic import exclusive_lock, write_csv
+from core.data.fold_assignment import assign_folds
+from core.data.layouts import ESC50_CSV, GENERIC_CSV
 from core.errors import UserError
 from core.folds import TEST_FOLDS, TRAIN_FOLDS
 from core.progress import progress_bar
@@ -39,7 +48,11 @@ SAMPLE_RATES = (22050, 44100, 48000)
 CHANNEL_COUNTS = (1, 2)
 SUBTYPES = ("PCM_16", "PCM_24")
 FORMATS = tuple(product(SAMPLE_RATES, CHANNEL_COUNTS, SUBTYPES))
-LAYOUTS = ("kaggle", "official")
+LAYOUTS = ("kaggle", "official", "esc50", "csv", "folders")
+OWN_LAYOUTS = ("esc50", "csv", "folders")
+OWN_FOLDS = 5                     # ESC-50's fold count; the csv and folders sets get theirs assigned
+CLIPS_PER_RECORDING = 2           # takes A, B of one recording (a group that must stay in one fold)
+GROUP_PATTERN = r"^(\d+)-"        # the recording in a synthetic own-layout file name ({fs_id}-{class}-{take}.wav)
 MIN_SECONDS, MAX_SECONDS = 0.3, 4.0
 FOREGROUND_SHARE = 0.65           # UrbanSound8K: 5702 of 8732 clips are salience 1
 FULL_LENGTH_SHARE = (0.95, 0.5, 0.9, 0.6, 0.8, 0.95, 0.4, 0.8, 0.95, 1.0)  # per class: share of 4 s clips
@@ -65,10 +78,17 @@ class ClipPlan:
     sample_rate: int
     channels: int
     subtype: str
+    audio_dir: str | None = None  # own layouts: the folder (relative to the set) that holds the file
 
     @property
     def folder(self) -> str:
         return "test" if self.fold is None else f"fold{self.fold}"
+
+    @property
+    def relative_path(self) -> str:
+        """Where the clip's file goes, relative to the set's folder."""
+        folder = f"audio/{self.folder}" if self.audio_dir is None else self.audio_dir
+        return f"{folder}/{self.slice_file_name}"
 
 
 def write_synthetic_dataset(out: Path, seed: int = 0, like: Path | None = None, clips_per_class_fold: int = 5,
@@ -86,21 +106,27 @@ def write_synthetic_dataset(out: Path, seed: int = 0, like: Path | None = None, 
         raise UserError("--clips-per-class-fold and --test-clips-per-class must be at least 1")
     if layout not in LAYOUTS:
         raise UserError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-    plans = plan_like(Path(like), seed) if like is not None else plan_default(seed, clips_per_class_fold,
-                                                                                test_clips_per_class)
+    if layout in OWN_LAYOUTS and like is not None:
+        raise UserError(f"--like mirrors UrbanSound8K's metadata; it does not apply to --layout {layout}")
+    if layout in OWN_LAYOUTS:
+        plans = plan_own(seed, clips_per_class_fold, layout)
+    elif like is not None:
+        plans = plan_like(Path(like), seed)
+    else:
+        plans = plan_default(seed, clips_per_class_fold, test_clips_per_class)
     if layout == "official":
         plans = [plan if plan.fold is not None else dataclasses.replace(plan, fold=TEST_FOLDS[plan.test_id % 2])
                  for plan in plans]
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(out.parent / f".{out.name}.lock"):
-        if any((out / "metadata" / name).exists() for name in ("kaggle_train.csv", "UrbanSound8K.csv")):
-            return out  # a concurrent call finished the same build while we waited
+        if out.is_dir() and any(out.iterdir()):
+            return out  # a concurrent call finished the same build while we waited (builds appear whole)
         _check_target(out)
         building = out.parent / f".{out.name}.partial"
         if building.exists():
             shutil.rmtree(building)  # left by an interrupted build (we hold the lock)
         _render_all(plans, building, seed, workers=workers, progress=progress)
-        (_write_metadata if layout == "kaggle" else _write_official_metadata)(plans, building)
+        METADATA_WRITERS[layout](plans, building)
         if out.exists():
             out.rmdir()
         os.replace(building, out)
@@ -136,6 +162,42 @@ def plan_default(seed: int, clips_per_class_fold: int, test_clips_per_class: int
             test_id=None if fold is not None else index - len(train_keys),
             sample_rate=sample_rate, channels=channels, subtype=subtype))
     return plans
+
+
+def plan_own(seed: int, clips_per_class_fold: int, layout: str) -> list[ClipPlan]:
+    """The clips of the own-data layouts: OWN_FOLDS x `clips_per_class_fold` per class, two per recording.
+
+    `fold` holds the fold that fold_assignment gives the clips grouped by recording (written by the esc50
+    layout only); the names, labels, groups and sounds do not depend on `layout`, only the folders do.
+    """
+    rng = np.random.default_rng([seed, 2])
+    per_class = OWN_FOLDS * clips_per_class_fold
+    keys = [(class_id, clip // CLIPS_PER_RECORDING, clip % CLIPS_PER_RECORDING)
+            for class_id in range(NUM_CLASSES) for clip in range(per_class)]
+    recordings = sorted({(class_id, recording) for class_id, recording, _ in keys})
+    fs_id_of = dict(zip(recordings, rng.choice(np.arange(10_000, 200_000), size=len(recordings), replace=False),
+                        strict=True))
+    folds = assign_folds([class_id for class_id, _, _ in keys],
+                         [str(fs_id_of[class_id, recording]) for class_id, recording, _ in keys], OWN_FOLDS)
+    formats = _balanced_formats(rng, len(keys))
+    plans = []
+    for index, (class_id, recording, take) in enumerate(keys):
+        full = rng.random() < FULL_LENGTH_SHARE[class_id]
+        seconds = MAX_SECONDS if full else round(float(rng.uniform(MIN_SECONDS, MAX_SECONDS)), 6)
+        fs_id = int(fs_id_of[class_id, recording])
+        sample_rate, channels, subtype = formats[index]
+        plans.append(ClipPlan(
+            slice_file_name=f"{fs_id}-{class_id}-{'AB'[take]}.wav", fs_id=fs_id, start=0.0, seconds=seconds,
+            salience=1 if rng.random() < FOREGROUND_SHARE else 2, class_id=class_id, fold=int(folds[index]),
+            test_id=None, sample_rate=sample_rate, channels=channels, subtype=subtype,
+            audio_dir=_own_audio_dir(layout, class_id, take)))
+    return plans
+
+
+def _own_audio_dir(layout: str, class_id: int, take: int) -> str:
+    if layout != "folders":
+        return "audio"
+    return CLASS_NAMES[class_id] + ("/more" if take else "")  # a nested folder: <class>/**/ is searched
 
 
 def plan_like(csv_path: Path, seed: int) -> list[ClipPlan]:
@@ -218,7 +280,7 @@ def render_files(folder: Path, seed: int, items: list[tuple[int, ClipPlan]]) -> 
     import soundfile
 
     for index, plan in items:
-        path = folder / "audio" / plan.folder / plan.slice_file_name
+        path = folder / plan.relative_path
         with open(path, "wb") as handle:
             soundfile.write(handle, render_clip(plan, seed, index), plan.sample_rate, subtype=plan.subtype,
                             format="WAV")
@@ -230,8 +292,8 @@ def render_files(folder: Path, seed: int, items: list[tuple[int, ClipPlan]]) -> 
 def _render_all(plans: list[ClipPlan], folder: Path, seed: int, *, workers: int | None, progress: bool) -> None:
     from core.data.cache import process_pool, resolve_workers
 
-    for plan_folder in sorted({plan.folder for plan in plans}):
-        (folder / "audio" / plan_folder).mkdir(parents=True, exist_ok=True)
+    for plan_folder in sorted({Path(plan.relative_path).parent for plan in plans}):
+        (folder / plan_folder).mkdir(parents=True, exist_ok=True)
     items = list(enumerate(plans))
     chunks = [items[start:start + 16] for start in range(0, len(items), 16)]
     task = partial(render_files, folder, seed)
@@ -277,6 +339,39 @@ def _write_metadata(plans: list[ClipPlan], folder: Path) -> None:
     }), metadata / "kaggle_test.csv")
     write_csv(pd.DataFrame({"ID": [plan.test_id for plan in test], "TARGET": [plan.class_id for plan in test]}),
               metadata / "kaggle_test_labels.csv")
+
+
+def _write_esc50_metadata(plans: list[ClipPlan], folder: Path) -> None:
+    """meta/esc50.csv as ESC-50 distributes it (esc10 False: the synthetic classes are not ESC-10's)."""
+    write_csv(pd.DataFrame({
+        "filename": [plan.slice_file_name for plan in plans],
+        "fold": [plan.fold for plan in plans],
+        "target": [plan.class_id for plan in plans],
+        "category": [CLASS_NAMES[plan.class_id] for plan in plans],
+        "esc10": ["False"] * len(plans),
+        "src_file": [plan.fs_id for plan in plans],
+        "take": [plan.slice_file_name.rsplit("-", 1)[1].removesuffix(".wav") for plan in plans],
+    }), folder / ESC50_CSV)
+
+
+def _write_generic_metadata(plans: list[ClipPlan], folder: Path) -> None:
+    """metadata.csv: file,label,salience,group (no fold column: the folds are assigned when it is read)."""
+    write_csv(pd.DataFrame({
+        "file": [plan.relative_path for plan in plans],
+        "label": [CLASS_NAMES[plan.class_id] for plan in plans],
+        "salience": [plan.salience for plan in plans],
+        "group": [plan.fs_id for plan in plans],
+    }), folder / GENERIC_CSV)
+
+
+def _write_no_metadata(plans: list[ClipPlan], folder: Path) -> None:
+    """The class-folder layout is its folders."""
+
+
+METADATA_WRITERS: dict[str, Callable[[list[ClipPlan], Path], None]] = {
+    "kaggle": _write_metadata, "official": _write_official_metadata, "esc50": _write_esc50_metadata,
+    "csv": _write_generic_metadata, "folders": _write_no_metadata,
+}
 
 
 # ================================================================================ sound generators
