@@ -79,7 +79,7 @@ def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def test_the_walk_finds_the_numeric_options_of_every_command():
     covered = {(name, option) for name, option, _ in (case.values for case in CASES)}
-    for expected in (("train", "--epochs"), ("train", "--batch-size"), ("train", "--lr"), ("train", "--workers"),
+    for expected in (("train", "--epochs"), ("train", "--batch-size"), ("train", "--lr"),
                      ("train", "--seed"), ("train", "--folds"), ("predict", "--batch-size"), ("tune", "--timeout"),
                      ("classify", "--hop"), ("export", "--opset"), ("synth", "--clips-per-class-fold"),
                      ("select", "--max")):
@@ -100,6 +100,22 @@ def test_out_of_domain_value_is_a_one_line_usage_error_that_writes_nothing(name,
     assert code == 2, (argv, err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], err
     assert "Traceback" not in err and out == ""
+    assert list(workdir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["train", "predict", "tune"])
+@pytest.mark.parametrize("value", ["-1", "two", "1.5"])
+def test_workers_outside_auto_or_a_count_is_a_one_line_usage_error(name, value, tmp_path, monkeypatch, capsys):
+    """--workers is a string option (auto | N), so the numeric walk above does not see it: checked here."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("US8K_CACHE_DIR", str(workdir / "cache"))
+    argv = [name, *required_arguments(COMMAND.commands[name], tmp_path), f"--workers={value}"]
+    code, out, err = run_main(argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--workers" in lines[0], err
     assert list(workdir.iterdir()) == []
 
 
