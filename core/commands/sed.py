@@ -35,7 +35,7 @@ def soundscapes(
     out: Path = typer.Option(..., help="A new (or empty) folder for audio/, annotations/, jams/, events.tsv."),
     n: int = typer.Option(1000, "--n", min=1, help="Soundscapes to make."),
     duration: float = typer.Option(10.0, min=1.0, help="Seconds per soundscape (URBAN-SED: 10)."),
-    seed: int = typer.Option(0, help="Soundscape i is drawn from (seed, i): the same seed gives the same files."),
+    seed: int = typer.Option(0, min=0, max=2**31 - 1, help="Soundscape i is drawn from (seed, i): the same seed gives the same files."),
     augment: bool = typer.Option(True, help="Pitch shift (uniform -3..3 semitones) and time stretch (uniform "
                                             "0.8..1.2) each event, as URBAN-SED; --no-augment: the clips as they are."),
 ) -> None:
