@@ -90,6 +90,11 @@ def test_the_walk_finds_the_numeric_options_of_every_command():
 def test_out_of_domain_value_is_a_one_line_usage_error_that_writes_nothing(name, option, value, tmp_path,
                                                                              monkeypatch, capsys):
     assert value != "<no domain>", f"{name} {option} is numeric but declares no domain (min=/max= or a callback)"
+    assert_one_line_usage_error(name, option, value, tmp_path, monkeypatch, capsys)
+
+
+def assert_one_line_usage_error(name: str, option: str, value: str, tmp_path, monkeypatch, capsys) -> None:
+    """`name OPTION=value` exits 2 with one 'error:' line naming the option, no traceback, nothing written."""
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
@@ -107,16 +112,7 @@ def test_out_of_domain_value_is_a_one_line_usage_error_that_writes_nothing(name,
 @pytest.mark.parametrize("value", ["-1", "two", "1.5"])
 def test_workers_outside_auto_or_a_count_is_a_one_line_usage_error(name, value, tmp_path, monkeypatch, capsys):
     """--workers is a string option (auto | N), so the numeric walk above does not see it: checked here."""
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    monkeypatch.setenv("US8K_CACHE_DIR", str(workdir / "cache"))
-    argv = [name, *required_arguments(COMMAND.commands[name], tmp_path), f"--workers={value}"]
-    code, out, err = run_main(argv, capsys)
-    lines = err.strip().splitlines()
-    assert code == 2, (argv, err)
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "--workers" in lines[0], err
-    assert list(workdir.iterdir()) == []
+    assert_one_line_usage_error(name, "--workers", value, tmp_path, monkeypatch, capsys)
 
 
 def test_train_folds_outside_the_chosen_protocol_are_refused_whichever_comes_first(tmp_path, monkeypatch, capsys):
