@@ -35,7 +35,8 @@ def parse_folds(text: str | None) -> tuple[int, ...] | None:
 
 def train(
     solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
-    data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
+    data: Path | None = typer.Option(None, help="Data folder: UrbanSound8K (official or Kaggle layout), ESC-50, "
+                                                "metadata.csv or one folder per class; none: the synthetic demo set."),
     out: Path | None = typer.Option(None, help="Output folder [default: solutions/<solution>, or "
                                                "solutions/demo/<solution> without --data]."),
     submissions: Path | None = typer.Option(None, help="Folder for the fold-average submission <solution>.csv "
@@ -57,7 +58,16 @@ def train(
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
     protocol: str = typer.Option("kaggle", callback=train_protocol, help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
-                                              "test every fold k, validate on k+1 (the literature's protocol)."),
+                                              "test every fold k, validate on k+1 (the literature's protocol) | kfold: "
+                                              "the same on any data set's folds (ESC-50: 5)."),
+    n_folds: int | None = typer.Option(None, min=2, max=100, help="Folds to assign to data that gives none (class "
+                                       "folders, a CSV without a fold column) [default: 5]; stored in folds.csv of "
+                                       "the output folder."),
+    group_pattern: str | None = typer.Option(None, help="Regex whose first group (or match) in a file name names its "
+                                             "recording, so that fold assignment keeps a recording's clips together."),
+    clip_seconds: float | None = typer.Option(None, min=0.5, max=60.0, help="Clip length the model takes, in "
+                                              "seconds [default: the recipe's]; clips are padded or centre-cropped "
+                                              "to it."),
     allow_fold_leakage: bool = typer.Option(False, "--allow-fold-leakage", help="Proceed although one recording "
                                             "(fsID) spans folds; the summary records it."),
     tensorboard: Path | None = typer.Option(None, help="Also write per-epoch scalars and hparams for TensorBoard "
@@ -92,6 +102,10 @@ def train(
         changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
         if changes:
             recipe = recipe.derive(training=changes)
+        if clip_seconds is not None and clip_seconds != recipe.frontend.clip_seconds:
+            console.print(f"--clip-seconds {clip_seconds:g}: the model takes {clip_seconds:g} s clips instead of the "
+                          f"recipe's {recipe.frontend.clip_seconds:g} s (part of the run identity)")
+            recipe = recipe.derive(frontend=dict(clip_seconds=clip_seconds))
         from core.folds import PROTOCOLS
 
         if protocol not in PROTOCOLS:
@@ -119,7 +133,8 @@ def train(
             console.print("[bold]No --data given: training on the synthetic demo set[/] (data/demo). "
                           "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
             data = ensure_demo_data()
-        source = load_source(data, allow_fold_leakage=allow_fold_leakage)
+        source = load_source(data, allow_fold_leakage=allow_fold_leakage, n_folds=n_folds,
+                             group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds)
         from core.train.solution import train_solution
 
         summary = train_solution(recipe, source, options)
