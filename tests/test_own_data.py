@@ -150,6 +150,7 @@ def test_kfold_the_test_fold_never_picks_the_epoch(esc50, tmp_path, one_torch_th
         runs[name] = (out, train_solution(recipe, load_source(data), options(out, tmp_path, folds=(2,), epochs=2,
                                                                               protocol="kfold", max_clips_per_fold=5)))
     (clean_out, clean), (other_out, other) = runs["clean"], runs["relabelled"]
+    assert clean.folds[2]["best_epoch"] == other.folds[2]["best_epoch"]
     columns = ["epoch", "train_loss", "val_loss", "val_accuracy", "best"]
     pd.testing.assert_frame_equal(pd.read_csv(clean_out / "history_fold2.csv")[columns],
                                   pd.read_csv(other_out / "history_fold2.csv")[columns])
