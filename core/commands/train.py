@@ -65,6 +65,12 @@ def train(
                                        "the output folder."),
     group_pattern: str | None = typer.Option(None, help="Regex whose first group (or match) in a file name names its "
                                              "recording, so that fold assignment keeps a recording's clips together."),
+    init_from: str | None = typer.Option(None, help="Fine-tune: start from SOLUTION (its lowest fold's best "
+                                         "checkpoint under solutions/) or PATH.pt (one of our checkpoints of the same "
+                                         "backbone, or a plain state dict of that timm model); a head for other "
+                                         "classes starts fresh."),
+    freeze_backbone_epochs: int = typer.Option(0, min=0, help="Train only what follows the backbone (pooling, head) "
+                                               "for the first N epochs."),
     clip_seconds: float | None = typer.Option(None, min=0.5, max=60.0, help="Clip length the model takes, in "
                                               "seconds [default: the recipe's]; clips are padded or centre-cropped "
                                               "to it."),
@@ -85,7 +91,9 @@ def train(
     from core import registry
     from core.data.metadata import load_source
     from core.demo.profile import apply_demo_profile, ensure_demo_data
+    from core.folds import PROTOCOLS
     from core.train import distributed
+    from core.train.init_from import resolve
     from core.train.options import TrainOptions
     from core.train.report import print_summary
 
@@ -106,8 +114,6 @@ def train(
             console.print(f"--clip-seconds {clip_seconds:g}: the model takes {clip_seconds:g} s clips instead of the "
                           f"recipe's {recipe.frontend.clip_seconds:g} s (part of the run identity)")
             recipe = recipe.derive(frontend=dict(clip_seconds=clip_seconds))
-        from core.folds import PROTOCOLS
-
         if protocol not in PROTOCOLS:
             from core.errors import UserError
 
@@ -123,7 +129,14 @@ def train(
             precision=precision, workers=workers_count(workers), seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last, cache_dir=cache_dir,
+            init_from=None if init_from is None else resolve(init_from, solutions_root(Path("solutions"), demo), PROTOCOLS),
+            freeze_backbone_epochs=freeze_backbone_epochs,
         )
+        if freeze_backbone_epochs and distributed.current().enabled:
+            from core.errors import UserError
+
+            raise UserError("--freeze-backbone-epochs is not supported under torchrun (DistributedDataParallel "
+                            "needs every parameter's gradient); fine-tune on one process")
         if data is None:
             explicit = {name for name, value in (("folds", folds), ("epochs", epochs), ("batch_size", batch_size),
                                                  ("max_clips_per_fold", max_clips_per_fold)) if value is not None}
