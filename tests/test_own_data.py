@@ -269,3 +269,16 @@ def test_fine_tuning_beats_training_from_scratch_after_one_epoch(tmp_path, one_t
     losses = [pd.read_csv(out / "history_fold1.csv")["val_loss"].iloc[0] for out in (tmp_path / "scratch",
                                                                                      tmp_path / "tuned")]
     assert losses[1] < losses[0]
+
+
+def test_clip_seconds_is_part_of_the_run_identity(tmp_path, one_torch_thread):
+    data = write_csv_set(tmp_path / "data", {"a": 300.0, "b": 900.0}, clips_per_fold=2, folds=3)
+    out = tmp_path / "out"
+    one_second = small()
+    train_solution(one_second, load_source(data), options(out, tmp_path, folds=(1,), protocol="kfold"))
+    identity = json.loads((out / "result_fold1.json").read_text())["identity"]
+    assert identity["frontend.clip_seconds"] == 1.0 and identity["classes"] == ["a", "b"]
+    longer = one_second.derive(frontend=dict(clip_seconds=1.5))  # what train --clip-seconds 1.5 derives
+    with pytest.raises(UserError, match=r"frontend.clip_seconds: 1.5 here, 1.0 in result_fold1.json \(pass "
+                                        r"--clip-seconds 1.0\)"):
+        train_solution(longer, load_source(data), options(out, tmp_path, folds=(1,), protocol="kfold"))
