@@ -282,3 +282,32 @@ def test_clip_seconds_is_part_of_the_run_identity(tmp_path, one_torch_thread):
     with pytest.raises(UserError, match=r"frontend.clip_seconds: 1.5 here, 1.0 in result_fold1.json \(pass "
                                         r"--clip-seconds 1.0\)"):
         train_solution(longer, load_source(data), options(out, tmp_path, folds=(1,), protocol="kfold"))
+
+
+def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, capsys):
+    """Through the command line: folds.csv lands in the output folder with --n-folds folds and the pattern's
+    groups, before the fusion solution is refused (so no training runs)."""
+    import sys
+
+    from core.cli import main
+
+    data, rng = tmp_path / "folders", np.random.default_rng(0)
+    for name, frequency in (("hum", 300.0), ("whistle", 2000.0)):  # class folders, two clips per recording
+        (data / name).mkdir(parents=True)
+        for clip in range(12):
+            soundfile.write(data / name / f"{100 + clip // 2 + (50 if name == 'hum' else 0)}-{clip % 2}.wav",
+                            tone_clip(frequency, rng), RATE)
+    out = tmp_path / "out"
+    argv = ["train", "resnet34_pcen_salience_fusion_attention", "--data", str(data), "--out", str(out),
+            "--protocol", "kfold", "--n-folds", "3", "--group-pattern", r"^(\d+)-", "--no-progress"]
+    old_argv, sys.argv = sys.argv, ["python -m core", *argv]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:
+        sys.argv = old_argv
+    assert exited.value.code != 0 and "no salience annotation" in capsys.readouterr().err
+    folds = pd.read_csv(out / "folds.csv", dtype=str)
+    assert sorted(folds["fold"].unique()) == ["1", "2", "3"]
+    assert (folds["group"] == folds["file"].str.extract(r"/(\d+)-", expand=False)).all()  # the pattern's groups
+    assert folds.groupby("group")["fold"].nunique().max() == 1                             # none split
