@@ -97,7 +97,6 @@ class PreparedData:
 
 def prepare_data(recipe: Recipe, source: DataSource, options: TrainOptions) -> PreparedData:
     """Cache (or reuse) the audio of the protocol's splits at the recipe's rate and length."""
-    check_protocol(source, options.protocol)
     if options.protocol in HELD_OUT_PROTOCOLS:
         folds = all_labelled_folds(source) if options.protocol == "us8k-10fold" else _train_salience(recipe, source.labelled)
         train, bad = prepare_split(_limit_train(folds, options.max_clips_per_fold), recipe, options)
@@ -120,7 +119,10 @@ def protocol_data_folds(source: DataSource, protocol: str) -> tuple[int, ...] | 
 
 
 def check_protocol(source: DataSource, protocol: str) -> None:
-    """The kaggle protocol predicts a separate test split: refused on data that defines none."""
+    """`train --protocol kaggle` predicts a separate test split: refused on data that defines none.
+
+    (`tune` validates on fold k and predicts no test split: it may use any data's folds.)
+    """
     if protocol == "kaggle" and len(source.test) == 0:
         raise UserError(f"--protocol kaggle predicts a separate test split, and the {LAYOUT_NAMES[source.layout]} "
                         f"data in {source.root} defines none; use --protocol kfold (test fold k, validate on k+1, "
