@@ -9,8 +9,8 @@ buffers when the frontend settings differ. A checkpoint of another backbone arch
 What was loaded, skipped and left new is printed, abbreviated by module.
 
 `--freeze-backbone-epochs N` trains only the parts after the backbone (pooling, head) for the first
-N epochs: the frontend's and backbone's parameters get no gradient (their BatchNorm statistics still
-follow the data). Both options are part of the run identity.
+N epochs: the frontend and backbone get no gradient and run in eval mode (their BatchNorm statistics
+stay those of the start model). Both options are part of the run identity.
 """
 from __future__ import annotations
 
@@ -181,10 +181,25 @@ def identity_value(path: Path | None) -> str | None:
 
 
 def set_backbone_trainable(model: torch.nn.Module, epoch: int, freeze_epochs: int) -> None:
-    """Epochs 1..freeze_epochs train only what follows the backbone; later epochs train everything."""
+    """Epochs 1..freeze_epochs train only what follows the backbone; later epochs train everything.
+
+    While frozen, the frontend and backbone also run in eval mode (BatchNorm normalises with the
+    statistics they were trained with), so the head learns on the very features it sees at validation.
+    """
     if not freeze_epochs:
         return
     trainable = epoch > freeze_epochs
     for name, parameter in model.named_parameters():
         if name.startswith(FROZEN_PREFIXES):
             parameter.requires_grad_(trainable)
+    hooks = model.__dict__.setdefault("_frozen_eval_hooks", [])
+    if not trainable and not hooks:
+        hooks.extend(getattr(model, prefix.rstrip(".")).register_forward_pre_hook(_run_in_eval_mode)
+                     for prefix in FROZEN_PREFIXES)
+    elif trainable:
+        while hooks:
+            hooks.pop().remove()
+
+
+def _run_in_eval_mode(module: torch.nn.Module, inputs: tuple) -> None:
+    module.eval()  # the loop's model.train() set it back to training mode: frozen parts stay as trained
