@@ -1,8 +1,8 @@
 """Urban sound classification engine: data, models, SAM training, blending (see README.md)."""
 
-CLASS_NAMES = (
-    "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
-    "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
-)
+# UrbanSound8K's classes under their old names, for existing imports. The code takes a data set's classes from
+# the data (DataSource.class_names) or from a model (Recipe.classes, recorded in every checkpoint).
+from core.folds import URBANSOUND8K_CLASSES as CLASS_NAMES
+
 NUM_CLASSES = len(CLASS_NAMES)
 PROB_COLUMNS = [str(k) for k in range(NUM_CLASSES)]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from core import CLASS_NAMES
 from core.atomic import TEMP_SUFFIX, atomic_open
 from core.errors import UserError
 from core.folds import SALIENCE_NAMES
@@ -61,7 +60,7 @@ def export_onnx(solution_dir: Path, solution: str, out: Path, folds: tuple[int, 
     """
     ensemble, models = load_ensemble(solution_dir, solution, folds)
     ensemble.use_plain_ops()
-    frontend = models[0].recipe.frontend
+    frontend, class_names = models[0].recipe.frontend, models[0].recipe.classes
     batch = torch.export.Dim("batch", min=1)
     example = torch.zeros(2, frontend.num_samples)
     args: tuple = (example,)
@@ -83,12 +82,12 @@ def export_onnx(solution_dir: Path, solution: str, out: Path, folds: tuple[int, 
     proto = program.model_proto
     fold_list = tuple(m.fold for m in models)
     metadata = {
-        "solution": solution, "folds": ",".join(map(str, fold_list)), "class_names": json.dumps(list(CLASS_NAMES)),
+        "solution": solution, "folds": ",".join(map(str, fold_list)), "class_names": json.dumps(list(class_names)),
         "sample_rate": str(frontend.sample_rate), "num_samples": str(frontend.num_samples),
         "clip_seconds": f"{frontend.clip_seconds:g}", "inputs": ",".join(names),
         "waveforms": "float32 [batch, num_samples]: mono clips at sample_rate, right zero-padded or centre-cropped "
                      "to num_samples",
-        "probabilities": "float32 [batch, 10]: mean of the fold models' softmax, columns in class_names order",
+        "probabilities": f"float32 [batch, {len(class_names)}]: mean of the fold models' softmax, columns in class_names order",
     }
     if ensemble.uses_salience:
         metadata["salience"] = SALIENCE_MEANING

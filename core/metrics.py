@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from core import NUM_CLASSES
+from core.folds import URBANSOUND8K_CLASSES
 
 ACCURACY_WEIGHT = 0.8
 F1_WEIGHT = 0.2
@@ -35,15 +35,16 @@ def score(y_true: np.ndarray, y_pred: np.ndarray) -> Scores:
     return Scores(accuracy, macro_f1, ACCURACY_WEIGHT * accuracy + F1_WEIGHT * macro_f1)
 
 
-def per_class_table(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-class precision, recall, F1 and support over all NUM_CLASSES labels."""
-    labels = np.arange(NUM_CLASSES)
+def per_class_table(y_true: np.ndarray, y_pred: np.ndarray,
+                    num_classes: int = len(URBANSOUND8K_CLASSES)) -> dict[str, np.ndarray]:
+    """Per-class precision, recall, F1 and support over all `num_classes` labels (UrbanSound8K's 10 unless given)."""
+    labels = np.arange(num_classes)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """NUM_CLASSES x NUM_CLASSES confusion counts (rows = true class)."""
-    return confusion_matrix(y_true, y_pred, labels=np.arange(NUM_CLASSES))
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = len(URBANSOUND8K_CLASSES)) -> np.ndarray:
+    """num_classes x num_classes confusion counts (rows = true class; UrbanSound8K's 10 unless given)."""
+    return confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))

@@ -16,9 +16,28 @@ import pandas as pd
 
 from core import NUM_CLASSES, PROB_COLUMNS
 from core.errors import UserError, format_problems
+from core.folds import URBANSOUND8K_CLASSES
 
 SHOWN_ROWS = 5  # how many bad rows an error message lists per problem
 EXACT_INTEGER_LIMIT = 2 ** 53  # beyond this a number read as float64 may have been rounded to another integer
+
+
+KEY_COLUMNS = ("ID", "slice_file_name", "fold", "classID", "TARGET")  # the non-probability columns of our files
+
+
+def probability_columns(class_names: tuple[str, ...]) -> list[str]:
+    """The probability columns of a prediction CSV for a model of `class_names`, in class order.
+
+    UrbanSound8K keeps the competition's format (columns 0..9, the class IDs); any other data set's
+    columns are its class names, so that the file explains itself.
+    """
+    if tuple(class_names) == URBANSOUND8K_CLASSES:
+        return list(PROB_COLUMNS)
+    clashing = sorted(set(class_names) & set(KEY_COLUMNS))
+    if clashing:
+        raise UserError(f"class name(s) {', '.join(clashing)} would clash with a column of the prediction files "
+                        f"({', '.join(KEY_COLUMNS)}); rename those classes (folders or labels)")
+    return list(class_names)
 
 
 @dataclass(frozen=True)

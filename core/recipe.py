@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
 from core.errors import UserError
+from core.folds import URBANSOUND8K_CLASSES
 
 Stem = Literal["timm", "deep"]                       # timm's own 7x7/2 stem | three 3x3 convs (32, 64, 64)
 CbamPlacement = Literal["none", "stages", "last"]    # no CBAM | after every stage | after the last stage
@@ -189,6 +190,7 @@ class Recipe:
     name: str = ""
     parent: str | None = None
     summary: str = ""
+    classes: tuple[str, ...] = URBANSOUND8K_CLASSES  # what the head predicts (classID = index); `train` sets the data's
     frontend: Frontend = field(default_factory=Frontend)
     backbone: Backbone = field(default_factory=Backbone)
     head: Head = field(default_factory=Head)
@@ -196,6 +198,11 @@ class Recipe:
     augment: Augment = field(default_factory=Augment)
     training: Training = field(default_factory=Training)
     demo: Demo = field(default_factory=Demo)
+
+    @property
+    def num_classes(self) -> int:
+        """The width of the head: how many classes the model predicts."""
+        return len(self.classes)
 
     def derive(self, **changes: Any) -> Recipe:
         """A copy with `changes` applied; a dict for a section updates only the named fields.

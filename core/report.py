@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.folds import PROTOCOLS, protocol_folds
+from core.folds import HELD_OUT_PROTOCOLS, PROTOCOLS, protocol_folds
 from core.metrics import score
 from core.solution_folder import SolutionFolder
 
@@ -68,7 +68,7 @@ def read_results(folder: Path) -> dict[int, dict]:
 
 
 def fold_score(result: dict, protocol: str) -> float:
-    return float(result["test"]["composite"] if protocol == "us8k-10fold" else result["composite"])
+    return float(result["test"]["composite"] if protocol in HELD_OUT_PROTOCOLS else result["composite"])
 
 
 def _time_and_epochs(folder: Path, results: dict[int, dict]) -> tuple[float | None, float | None]:
@@ -95,7 +95,7 @@ def _pooled_composite(folder: Path, results: dict[int, dict], kind: str) -> floa
 
 
 def _test_composite(folder: Path, results: dict[int, dict], protocol: str) -> float | None:
-    if protocol == "us8k-10fold":
+    if protocol in HELD_OUT_PROTOCOLS:
         return _pooled_composite(folder, results, "test")
     summary = SolutionFolder(folder).read_summary()
     if summary is None:
@@ -104,13 +104,21 @@ def _test_composite(folder: Path, results: dict[int, dict], protocol: str) -> fl
     return None if test is None else float(test["composite"])
 
 
+def _folds_total(folder: Path, protocol: str) -> int:
+    """The protocol's fold count: kfold's depends on the data (its summary says), the others' are UrbanSound8K's."""
+    if protocol != "kfold":
+        return len(protocol_folds(protocol))
+    summary = SolutionFolder(folder).read_summary() if folder.is_dir() else None
+    return int(summary.get("folds_total", 0)) if summary else 0
+
+
 def report_row(solutions: Path, name: str, parent: str | None, protocol: str, params: int) -> ReportRow:
     folder = protocol_folder(solutions, name, protocol)
     results = read_results(folder) if folder.is_dir() else {}
     seconds, epochs = _time_and_epochs(folder, results)
     return ReportRow(
         solution=name, parent=parent, protocol=protocol, folds=list(results),
-        folds_total=len(protocol_folds(protocol)), fold_scores=[fold_score(r, protocol) for r in results.values()],
+        folds_total=_folds_total(folder, protocol), fold_scores=[fold_score(r, protocol) for r in results.values()],
         oof_composite=_pooled_composite(folder, results, "oof") if protocol == "kaggle" else None,
         test_composite=_test_composite(folder, results, protocol) if results else None,
         params=params, epochs=epochs, train_seconds=seconds)

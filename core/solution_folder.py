@@ -5,14 +5,14 @@ A solution folder (`solutions/<name>/`, `solutions/<name>/us8k-10fold/`, or the 
   best_model_fold<k>.pt    the best epoch's weights (with recipe, epoch and scores)
   best_model_fold<k>.csv   kaggle: the test split's probabilities from that checkpoint
   oof_fold<k>.csv          kaggle: the validation fold's probabilities (out of fold)
-  test_fold<k>.csv         us8k-10fold: test fold k's probabilities
+  test_fold<k>.csv         us8k-10fold, kfold: test fold k's probabilities
   history_fold<k>.csv      one row per epoch
   result_fold<k>.json      the fold's scores and run identity; written last, it marks the fold done
   last_fold<k>.pt          the resume state (deleted once the fold is done)
   best_model_fold<k>.staged.pt  a best candidate not yet recorded by the resume state
   curves_fold<k>.png       training curves
 and for the whole solution: summary.json, curves.png, oof_confusion.png or test_confusion.png,
-skipped_audio.csv, the lock files under .locks/ and predict-<data>/ folders of `predict`.
+skipped_audio.csv, folds.csv (folds assigned to data without folds), the lock files under .locks/ and predict-<data>/ folders of `predict`.
 Inference and training both import this module; it imports nothing of either.
 """
 from __future__ import annotations
@@ -122,6 +122,11 @@ class SolutionFolder:
     @property
     def skipped_audio(self) -> Path:
         return self.root / "skipped_audio.csv"
+
+    @property
+    def assigned_folds(self) -> Path:
+        """folds.csv: the folds assigned to data that gives none (its format: core/data/fold_assignment.py)."""
+        return self.root / "folds.csv"
 
     def predictions_of(self, data_name: str) -> Path:
         """Where `predict` writes the per-fold CSVs for the data folder called `data_name`."""

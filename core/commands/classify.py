@@ -138,14 +138,13 @@ def run_with_progress(files, spec, hop, aggregate, policy, batch_size, show_bar,
 def print_table(result, description: str, console) -> None:
     from rich.table import Table
 
-    from core import CLASS_NAMES
     from core.infer.classify import top_classes
 
     table = Table(title=f"Classified with {description}")
     for column in ("file", "duration", "windows", "1st", "2nd", "3rd"):
         table.add_column(column, justify="right" if column in ("duration", "windows") else "left")
     for f in result.files:
-        top = [f"{CLASS_NAMES[c]} {f.probs[c]:.2f}" for c in top_classes(f.probs)]
+        top = [f"{result.class_names[c]} {f.probs[c]:.2f}" for c in top_classes(f.probs)]
         table.add_row(str(f.path), f"{f.duration_s:.2f} s", str(len(f.starts_s)), *top)
     console.print(table)
 

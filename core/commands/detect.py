@@ -29,18 +29,18 @@ def register(app: typer.Typer) -> None:
 
 
 def post_processing(hop: float, on: float, off: float, median: float, min_length: float, min_gap: float,
-                    thresholds: Path | None):
-    """The PostProcessing the options describe (thresholds from --thresholds when given)."""
+                    thresholds: Path | None, classes: tuple[str, ...]):
+    """The PostProcessing the options describe for a model of `classes` (thresholds from --thresholds when given)."""
     from core.errors import UserError
     from core.infer.events import PostProcessing, load_thresholds, median_frames_for
 
     frames = median_frames_for(median, hop) if median > 0 else 1
     if thresholds is not None:
-        return load_thresholds(thresholds, frames, min_length, min_gap)
+        return load_thresholds(thresholds, frames, min_length, min_gap, classes)
     if off > on:
         raise UserError(f"--off {off:g} is above --on {on:g}: an event must stay open at least as long as it "
                         "takes to open (use --off <= --on)")
-    return PostProcessing.uniform(on, off, frames, min_length, min_gap)
+    return PostProcessing.uniform(on, off, frames, min_length, min_gap, classes)
 
 
 def detect(
@@ -98,7 +98,6 @@ def detect(
     if len(chosen) != 1:
         raise UserError("give exactly one of --solution NAME (repeatable), --recipe FILE.toml or --onnx FILE.onnx"
                         + (f"; got {' and '.join(chosen)}" if chosen else ""))
-    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds)
     files = find_audio(sources)
     if events is not None:
         check_writable(events.parent if str(events.parent) else Path("."))
@@ -112,6 +111,7 @@ def detect(
     else:
         names, weights, method = blend_members(solution, recipe)
         spec = torch_predictor(names, weights, method, solutions, device, precision)
+    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds, spec.class_names)
     console = Console(stderr=True)
     leakage = check_soundscape_leakage(files, spec.fold_keys, allow_fold_leakage)
     if leakage:
@@ -169,7 +169,6 @@ def write_scores(result, folder: Path) -> int:
 
 def write_plots(result, table, reference, folder: Path) -> int:
     """A PNG per file (scores, events, and the reference events of that file when given)."""
-    from core import CLASS_NAMES
     from core.infer.classify import plot_names
     from core.infer.detect import event_name
     from core.sed.plot import plot_detection
@@ -178,7 +177,7 @@ def write_plots(result, table, reference, folder: Path) -> int:
         name = event_name(path)
         mine = table[table["filename"] == name]
         theirs = None if reference is None else reference[reference["filename"] == name]
-        plot_detection(detected.frame_scores, detected.hop_s, detected.duration_s, CLASS_NAMES, mine, theirs,
+        plot_detection(detected.frame_scores, detected.hop_s, detected.duration_s, detected.class_names, mine, theirs,
                        f"{name}: class scores every {detected.hop_s:g} s and detected events", png)
     return len(result.files)
 

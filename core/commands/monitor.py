@@ -56,12 +56,12 @@ def monitor(
         raise UserError("give exactly one of --solution NAME (repeatable) or --onnx FILE.onnx")
     if salience not in ("marginal", "1", "2"):
         raise UserError(f"--salience for a stream takes marginal, 1 or 2; got {salience!r}")
-    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds)
     if onnx is not None:
         spec = onnx_predictor(onnx)
     else:
         names, weights, method = blend_members(solution, None)
         spec = torch_predictor(names, weights, method, solutions, device, precision)
+    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds, spec.class_names)
     check_stream_format(sample_format, rate, channels, spec)
     on_frame = print_hop_line(spec, hop) if every_hop else None
     detector = StreamDetector(spec, rules, hop, parse_salience(salience, []).values_for(Path("-")), batch_size=8,
@@ -90,12 +90,10 @@ def print_hop_line(spec, hop: float):
 
     import numpy as np
 
-    from core import CLASS_NAMES
-
     def on_frame(frame: int, scores) -> None:
         top = np.argsort(-scores, kind="stable")[:3]
         print(json.dumps({"hop": frame, "start": round(frame * hop, 6),
-                          "top": [[CLASS_NAMES[c], round(float(scores[c]), 4)] for c in top]}), flush=True)
+                          "top": [[spec.class_names[c], round(float(scores[c]), 4)] for c in top]}), flush=True)
 
     return on_frame
 

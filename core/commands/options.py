@@ -77,6 +77,9 @@ def train_protocol(context: typer.Context, value: str) -> str:
 def _check_protocol_folds(text: str, protocol: str) -> None:
     from core.folds import protocol_folds
 
+    if protocol == "kfold":  # the data's folds: checked once the data is read (core/folds.py fold_roles)
+        return
+
     allowed = protocol_folds(protocol)
     try:
         fold_numbers(text, allowed)

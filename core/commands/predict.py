@@ -67,7 +67,7 @@ def predict(
     tracker = TrainProgress(progress)
     with tracker.running():
         fold_probs, test, skipped = predict_folds(models, source, options, batch_size, tracker)
-    frame = write_predictions(fold_probs, test, out, submission, skipped)
+    frame = write_predictions(fold_probs, test, out, submission, skipped, models[0].recipe.classes)
     console = Console(stderr=True)
     console.print(f"{len(models)} fold models x {len(frame)} clips -> {out}/best_model_fold<k>.csv and {submission}")
     if skipped:

@@ -35,7 +35,8 @@ def parse_folds(text: str | None) -> tuple[int, ...] | None:
 
 def train(
     solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
-    data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
+    data: Path | None = typer.Option(None, help="Data folder: UrbanSound8K (official or Kaggle layout), ESC-50, "
+                                                "metadata.csv or one folder per class; none: the synthetic demo set."),
     out: Path | None = typer.Option(None, help="Output folder [default: solutions/<solution>, or "
                                                "solutions/demo/<solution> without --data]."),
     submissions: Path | None = typer.Option(None, help="Folder for the fold-average submission <solution>.csv "
@@ -57,7 +58,22 @@ def train(
     device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
     protocol: str = typer.Option("kaggle", callback=train_protocol, help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
-                                              "test every fold k, validate on k+1 (the literature's protocol)."),
+                                              "test every fold k, validate on k+1 (the literature's protocol) | kfold: "
+                                              "the same on any data set's folds (ESC-50: 5)."),
+    n_folds: int | None = typer.Option(None, min=2, max=100, help="Folds to assign to data that gives none (class "
+                                       "folders, a CSV without a fold column) [default: 5]; stored in folds.csv of "
+                                       "the output folder."),
+    group_pattern: str | None = typer.Option(None, help="Regex whose first group (or match) in a file name names its "
+                                             "recording, so that fold assignment keeps a recording's clips together."),
+    init_from: str | None = typer.Option(None, help="Fine-tune: start from SOLUTION (its lowest fold's best "
+                                         "checkpoint under solutions/) or PATH.pt (one of our checkpoints of the same "
+                                         "backbone, or a plain state dict of that timm model); a head for other "
+                                         "classes starts fresh."),
+    freeze_backbone_epochs: int = typer.Option(0, min=0, help="Train only what follows the backbone (pooling, head) "
+                                               "for the first N epochs."),
+    clip_seconds: float | None = typer.Option(None, min=0.5, max=60.0, help="Clip length the model takes, in "
+                                              "seconds [default: the recipe's]; clips are padded or centre-cropped "
+                                              "to it."),
     allow_fold_leakage: bool = typer.Option(False, "--allow-fold-leakage", help="Proceed although one recording "
                                             "(fsID) spans folds; the summary records it."),
     tensorboard: Path | None = typer.Option(None, help="Also write per-epoch scalars and hparams for TensorBoard "
@@ -75,7 +91,9 @@ def train(
     from core import registry
     from core.data.metadata import load_source
     from core.demo.profile import apply_demo_profile, ensure_demo_data
+    from core.folds import PROTOCOLS
     from core.train import distributed
+    from core.train.init_from import resolve
     from core.train.options import TrainOptions
     from core.train.report import print_summary
 
@@ -92,8 +110,10 @@ def train(
         changes = {key: value for key, value in (("batch_size", batch_size), ("lr", lr)) if value is not None}
         if changes:
             recipe = recipe.derive(training=changes)
-        from core.folds import PROTOCOLS
-
+        if clip_seconds is not None and clip_seconds != recipe.frontend.clip_seconds:
+            console.print(f"--clip-seconds {clip_seconds:g}: the model takes {clip_seconds:g} s clips instead of the "
+                          f"recipe's {recipe.frontend.clip_seconds:g} s (part of the run identity)")
+            recipe = recipe.derive(frontend=dict(clip_seconds=clip_seconds))
         if protocol not in PROTOCOLS:
             from core.errors import UserError
 
@@ -109,7 +129,14 @@ def train(
             precision=precision, workers=workers_count(workers), seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
             device_cache=device_cache, channels_last=channels_last, cache_dir=cache_dir,
+            init_from=None if init_from is None else resolve(init_from, solutions_root(Path("solutions"), demo), PROTOCOLS),
+            freeze_backbone_epochs=freeze_backbone_epochs,
         )
+        if freeze_backbone_epochs and distributed.current().enabled:
+            from core.errors import UserError
+
+            raise UserError("--freeze-backbone-epochs is not supported under torchrun (DistributedDataParallel "
+                            "needs every parameter's gradient); fine-tune on one process")
         if data is None:
             explicit = {name for name, value in (("folds", folds), ("epochs", epochs), ("batch_size", batch_size),
                                                  ("max_clips_per_fold", max_clips_per_fold)) if value is not None}
@@ -119,7 +146,8 @@ def train(
             console.print("[bold]No --data given: training on the synthetic demo set[/] (data/demo). "
                           "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
             data = ensure_demo_data()
-        source = load_source(data, allow_fold_leakage=allow_fold_leakage)
+        source = load_source(data, allow_fold_leakage=allow_fold_leakage, n_folds=n_folds,
+                             group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds)
         from core.train.solution import train_solution
 
         summary = train_solution(recipe, source, options)

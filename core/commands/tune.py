@@ -167,6 +167,7 @@ def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
     from core.demo.profile import ensure_demo_data
     from core.train.data import prepare_data
     from core.train.options import TrainOptions
+    from core.train.own_data import recipe_for_data
 
     data = request.data
     if data is None:
@@ -178,7 +179,9 @@ def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
                            skip_bad_audio=request.skip_bad_audio, progress=False, write_outputs=False,
                            max_clips_per_fold=request.max_clips_per_fold, max_test_clips=0,
                            cache_dir=request.cache_dir)
-    return prepare_data(recipe, load_source(data), options), options
+    source = load_source(data)
+    recipe_for_data(recipe, source)  # a fusion solution on data without salience is refused before any caching
+    return prepare_data(recipe, source, options), options
 
 
 def _run_interruptibly(study, objective, budget, board) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES, NUM_CLASSES
+from core.folds import URBANSOUND8K_CLASSES
 from core.data.audio import RateSummary, native_rates
 from core.data.checks import MetadataError, check_files, check_unique, integers, plain_file_names, read_csv
 from core.data.fold_assignment import groups_from_pattern, stored_or_assigned_folds
@@ -49,7 +49,7 @@ LAYOUT_NAMES = {"kaggle": "Kaggle", "official": "official", "esc50": "ESC-50", "
                 "folders": "class-folder"}
 OWN_READERS = {"esc50": read_esc50, "csv": read_generic_csv, "folders": read_class_folders}
 
-CLASS_IDS = tuple(range(NUM_CLASSES))
+CLASS_IDS = tuple(range(len(URBANSOUND8K_CLASSES)))
 
 TRAIN_REQUIRED = ("slice_file_name", "fold", "classID", "salience")
 TEST_REQUIRED = ("ID", "slice_file_name")
@@ -73,7 +73,7 @@ class DataSource:
     test: pd.DataFrame          # ID (int), slice_file_name, path, salience (Int64, <NA> if unknown), classID (Int64)
     all_folds: pd.DataFrame | None = None  # official layout: folds 1-10 as train-style rows (us8k-10fold protocol)
     fold_leakage: str | None = None         # the leakage found, when --allow-fold-leakage let it through
-    class_names: tuple[str, ...] = CLASS_NAMES  # classID = index
+    class_names: tuple[str, ...] = URBANSOUND8K_CLASSES  # classID = index
     folds: tuple[int, ...] = TRAIN_FOLDS        # every fold number of the labelled clips
     test_folds: tuple[int, ...] = ()            # the folds that make up the test split (official: 9, 10)
     has_salience: bool = True                   # every labelled clip has a salience annotation
@@ -174,7 +174,7 @@ def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | 
                                               index=test["path"], dtype=object)])
     return DataSource(root=root, layout=layout, train=train[TRAIN_COLUMNS], test=test[TEST_COLUMNS],
                       all_folds=None if all_folds is None else all_folds[TRAIN_COLUMNS], fold_leakage=leakage,
-                      class_names=CLASS_NAMES, folds=ALL_FOLDS if layout == "official" else TRAIN_FOLDS,
+                      class_names=URBANSOUND8K_CLASSES, folds=ALL_FOLDS if layout == "official" else TRAIN_FOLDS,
                       test_folds=TEST_FOLDS if layout == "official" else (), has_salience=True,
                       groups=groups.where(groups.notna(), pd.NA))
 
@@ -336,7 +336,7 @@ def _train_rows(table: pd.DataFrame, csv_name: str, folds: tuple[int, ...], prob
     names = plain_file_names(table, "slice_file_name", csv_name, problems)
     fold = integers(table, "fold", csv_name, folds, problems, fold_hint)
     class_id = integers(table, "classID", csv_name, CLASS_IDS, problems,
-                         f"class IDs are 0-{NUM_CLASSES - 1}")
+                         f"class IDs are 0-{len(URBANSOUND8K_CLASSES) - 1}")
     salience = integers(table, "salience", csv_name, SALIENCE_VALUES, problems,
                          "salience is 1 (foreground) or 2 (background)")
     valid = fold.notna() & class_id.notna() & salience.notna() & names.notna()
@@ -376,7 +376,7 @@ def _test_labels(test: pd.DataFrame, labels: pd.DataFrame, problems: list[str]) 
     """classID (Int64) of each test row from kaggle_test_labels.csv; every test ID needs exactly one label."""
     csv_name = KAGGLE_TEST_LABELS.name
     ids = integers(labels, "ID", csv_name, None, problems, "IDs are integers")
-    targets = integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{NUM_CLASSES - 1}")
+    targets = integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{len(URBANSOUND8K_CLASSES) - 1}")
     check_unique(ids, csv_name, "ID", problems)
     known = ids.notna() & targets.notna()
     by_id = dict(zip(ids[known].astype(np.int64), targets[known].astype(np.int64)))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES
+from core.folds import URBANSOUND8K_CLASSES
 from core.atomic import atomic_open
 from core.data.audio import load_signal
 from core.errors import UserError
@@ -114,7 +114,7 @@ def make_soundscape(clips: pd.DataFrame, settings: SoundscapeSettings, rng: np.r
         if rms > 0:
             mixture[start:start + len(clip)] += clip * (background_rms * 10 ** (snr / 20) / rms)
         events.append(PlacedEvent(round(start / rate, 6), round((start + len(clip)) / rate, 6),
-                                  CLASS_NAMES[int(class_id)], str(row["slice_file_name"]), int(row["fold"]), snr,
+                                  URBANSOUND8K_CLASSES[int(class_id)], str(row["slice_file_name"]), int(row["fold"]), snr,
                                   semitones, stretch))
     peak = float(np.max(np.abs(mixture)))
     if peak > 1.0:

@@ -36,12 +36,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES, NUM_CLASSES
 from core.atomic import exclusive_lock, write_csv
 from core.data.fold_assignment import assign_folds
 from core.data.layouts import ESC50_CSV, GENERIC_CSV
 from core.errors import UserError
-from core.folds import TEST_FOLDS, TRAIN_FOLDS
+from core.folds import TEST_FOLDS, TRAIN_FOLDS, URBANSOUND8K_CLASSES
 from core.progress import progress_bar
 
 SAMPLE_RATES = (22050, 44100, 48000)
@@ -143,9 +142,9 @@ def _check_target(out: Path) -> None:
 def plan_default(seed: int, clips_per_class_fold: int, test_clips_per_class: int) -> list[ClipPlan]:
     """A class-balanced set: folds 1-8 x 10 classes x `clips_per_class_fold`, plus a shuffled labelled test split."""
     rng = np.random.default_rng([seed, 0])
-    train_keys = [(fold, class_id) for fold in TRAIN_FOLDS for class_id in range(NUM_CLASSES)
+    train_keys = [(fold, class_id) for fold in TRAIN_FOLDS for class_id in range(len(URBANSOUND8K_CLASSES))
                   for _ in range(clips_per_class_fold)]
-    test_classes = rng.permutation(np.repeat(np.arange(NUM_CLASSES), test_clips_per_class))
+    test_classes = rng.permutation(np.repeat(np.arange(len(URBANSOUND8K_CLASSES)), test_clips_per_class))
     keys = train_keys + [(None, int(class_id)) for class_id in test_classes]
     fs_ids = rng.choice(np.arange(10_000, 200_000), size=len(keys), replace=False)
     formats = _balanced_formats(rng, len(keys))
@@ -173,7 +172,7 @@ def plan_own(seed: int, clips_per_class_fold: int, layout: str) -> list[ClipPlan
     rng = np.random.default_rng([seed, 2])
     per_class = OWN_FOLDS * clips_per_class_fold
     keys = [(class_id, clip // CLIPS_PER_RECORDING, clip % CLIPS_PER_RECORDING)
-            for class_id in range(NUM_CLASSES) for clip in range(per_class)]
+            for class_id in range(len(URBANSOUND8K_CLASSES)) for clip in range(per_class)]
     recordings = sorted({(class_id, recording) for class_id, recording, _ in keys})
     fs_id_of = dict(zip(recordings, rng.choice(np.arange(10_000, 200_000), size=len(recordings), replace=False),
                         strict=True))
@@ -197,7 +196,7 @@ def plan_own(seed: int, clips_per_class_fold: int, layout: str) -> list[ClipPlan
 def _own_audio_dir(layout: str, class_id: int, take: int) -> str:
     if layout != "folders":
         return "audio"
-    return CLASS_NAMES[class_id] + ("/more" if take else "")  # a nested folder: <class>/**/ is searched
+    return URBANSOUND8K_CLASSES[class_id] + ("/more" if take else "")  # a nested folder: <class>/**/ is searched
 
 
 def plan_like(csv_path: Path, seed: int) -> list[ClipPlan]:
@@ -233,7 +232,7 @@ def plan_like(csv_path: Path, seed: int) -> list[ClipPlan]:
 
 def _like_problems(table: pd.DataFrame) -> list[str]:
     problems = []
-    checks = (("fold", TRAIN_FOLDS + TEST_FOLDS), ("classID", tuple(range(NUM_CLASSES))), ("salience", (1, 2)))
+    checks = (("fold", TRAIN_FOLDS + TEST_FOLDS), ("classID", tuple(range(len(URBANSOUND8K_CLASSES)))), ("salience", (1, 2)))
     for column, allowed in checks:
         bad = ~pd.to_numeric(table[column], errors="coerce").isin(allowed)
         problems += [f"line {position + 2}, column {column}: {table[column][position]!r} is not one of {allowed}"
@@ -318,7 +317,7 @@ def _clip_rows(plans: list[ClipPlan]) -> pd.DataFrame:
         "salience": [plan.salience for plan in plans],
         "fold": [plan.fold for plan in plans],
         "classID": [plan.class_id for plan in plans],
-        "class": [CLASS_NAMES[plan.class_id] for plan in plans],
+        "class": [URBANSOUND8K_CLASSES[plan.class_id] for plan in plans],
     })
 
 
@@ -347,7 +346,7 @@ def _write_esc50_metadata(plans: list[ClipPlan], folder: Path) -> None:
         "filename": [plan.slice_file_name for plan in plans],
         "fold": [plan.fold for plan in plans],
         "target": [plan.class_id for plan in plans],
-        "category": [CLASS_NAMES[plan.class_id] for plan in plans],
+        "category": [URBANSOUND8K_CLASSES[plan.class_id] for plan in plans],
         "esc10": ["False"] * len(plans),
         "src_file": [plan.fs_id for plan in plans],
         "take": [plan.slice_file_name.rsplit("-", 1)[1].removesuffix(".wav") for plan in plans],
@@ -358,7 +357,7 @@ def _write_generic_metadata(plans: list[ClipPlan], folder: Path) -> None:
     """metadata.csv: file,label,salience,group (no fold column: the folds are assigned when it is read)."""
     write_csv(pd.DataFrame({
         "file": [plan.relative_path for plan in plans],
-        "label": [CLASS_NAMES[plan.class_id] for plan in plans],
+        "label": [URBANSOUND8K_CLASSES[plan.class_id] for plan in plans],
         "salience": [plan.salience for plan in plans],
         "group": [plan.fs_id for plan in plans],
     }), folder / GENERIC_CSV)

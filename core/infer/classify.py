@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES
 from core.data.audio import AudioError, load_signal
 from core.errors import UserError
 from core.infer.predictors import ModelSpec, check_same_input, onnx_predictor, torch_predictor  # noqa: F401
@@ -42,8 +41,8 @@ class FileResult:
     path: Path
     duration_s: float
     starts_s: np.ndarray            # window start times (s)
-    window_probs: np.ndarray        # [windows, 10]
-    probs: np.ndarray               # [10], aggregated
+    window_probs: np.ndarray        # [windows, classes]
+    probs: np.ndarray               # [classes], aggregated
 
     @property
     def target(self) -> int:
@@ -55,6 +54,7 @@ class Classification:
     files: list[FileResult]
     bad: dict[str, str]             # path -> reason (no row for these)
     clip_seconds: float
+    class_names: tuple[str, ...]    # the probabilities' order (from the model)
 
 
 @dataclass
@@ -117,36 +117,38 @@ def classify_files(files: Sequence[Path], spec: ModelSpec, *, hop_seconds: float
         aggregated = probs.mean(axis=0) if aggregate == "mean" else probs.max(axis=0)
         results.append(FileResult(Path(files[index]), lengths[index] / rate, np.asarray(starts[index]) / rate,
                                   probs, aggregated))
-    return Classification(results, bad, clip / rate)
+    return Classification(results, bad, clip / rate, spec.class_names)
 
 
 # ------------------------------------------------------------------------------------- outputs
 
 def file_frame(result: Classification) -> pd.DataFrame:
     """One row per file: file,duration_s,TARGET (class name),<class names...>."""
-    rows = [{"file": str(f.path), "duration_s": round(f.duration_s, 6), "TARGET": CLASS_NAMES[f.target],
-             **dict(zip(CLASS_NAMES, map(float, f.probs), strict=True))} for f in result.files]
-    return pd.DataFrame(rows, columns=["file", "duration_s", "TARGET", *CLASS_NAMES])
+    names = result.class_names
+    rows = [{"file": str(f.path), "duration_s": round(f.duration_s, 6), "TARGET": names[f.target],
+             **dict(zip(names, map(float, f.probs), strict=True))} for f in result.files]
+    return pd.DataFrame(rows, columns=["file", "duration_s", "TARGET", *names])
 
 
 def window_frame(result: Classification) -> pd.DataFrame:
     """One row per window: file,start_s,end_s,TARGET (class name),<class names...>."""
-    rows = []
+    rows, names = [], result.class_names
     for f in result.files:
         for start, probs in zip(f.starts_s, f.window_probs, strict=True):
             rows.append({"file": str(f.path), "start_s": round(float(start), 6),
                          "end_s": round(min(float(start) + result.clip_seconds, f.duration_s)
                                         if f.duration_s > result.clip_seconds else f.duration_s, 6),
-                         "TARGET": CLASS_NAMES[int(np.argmax(probs))], **dict(zip(CLASS_NAMES, map(float, probs), strict=True))})
-    return pd.DataFrame(rows, columns=["file", "start_s", "end_s", "TARGET", *CLASS_NAMES])
+                         "TARGET": names[int(np.argmax(probs))], **dict(zip(names, map(float, probs), strict=True))})
+    return pd.DataFrame(rows, columns=["file", "start_s", "end_s", "TARGET", *names])
 
 
 def as_json(result: Classification, top: int = 3) -> dict:
     """For tools: every file with its class probabilities, window count and top classes; the bad files."""
+    names = result.class_names
     return {
-        "files": [{"file": str(f.path), "duration_s": f.duration_s, "target": CLASS_NAMES[f.target],
-                   "top": [[CLASS_NAMES[c], float(f.probs[c])] for c in top_classes(f.probs, top)],
-                   "probabilities": dict(zip(CLASS_NAMES, map(float, f.probs), strict=True)), "windows": len(f.starts_s)}
+        "files": [{"file": str(f.path), "duration_s": f.duration_s, "target": names[f.target],
+                   "top": [[names[c], float(f.probs[c])] for c in top_classes(f.probs, top)],
+                   "probabilities": dict(zip(names, map(float, f.probs), strict=True)), "windows": len(f.starts_s)}
                   for f in result.files],
         "bad": [{"file": path, "reason": reason} for path, reason in result.bad.items()],
     }
@@ -175,7 +177,7 @@ def write_timelines(result: Classification, folder: Path) -> list[Path]:
     longer = [f for f in result.files if f.duration_s > result.clip_seconds]
     written = []
     for (_, png), f in zip(plot_names([f.path for f in longer], folder), longer, strict=True):
-        written.append(plot_timeline(f.starts_s, f.window_probs, result.clip_seconds, f.duration_s, CLASS_NAMES,
+        written.append(plot_timeline(f.starts_s, f.window_probs, result.clip_seconds, f.duration_s, result.class_names,
                                      f"{f.path.name}: class probabilities per {result.clip_seconds:g} s window",
                                      png))
     return written

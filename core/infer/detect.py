@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES
 from core.data.audio import AudioError, load_signal
+from core.folds import URBANSOUND8K_CLASSES
 from core.infer.events import Event, PostProcessing, scores_to_events
 from core.infer.predictors import ModelSpec
 from core.infer.salience import SaliencePolicy
@@ -58,6 +58,7 @@ class FileDetection:
     hop_s: float
     frame_scores: np.ndarray        # [frames, classes]
     events: list[Event]
+    class_names: tuple[str, ...] = URBANSOUND8K_CLASSES  # the score columns (the model's classes)
 
 
 @dataclass
@@ -75,6 +76,8 @@ def detect_files(files: Sequence[Path], spec: ModelSpec, rules: PostProcessing, 
                  salience: SaliencePolicy = SaliencePolicy("marginal"), batch_size: int = 32,
                  on_progress: Callable[[int], None] | None = None) -> Detection:
     """Decode each file once, score every frame's window in batches, turn each file's scores into events."""
+    if tuple(rules.classes) != tuple(spec.class_names):
+        raise ValueError("the post-processing rules are for other classes than the model's")
     grid = grid_for(spec, hop_seconds)
     hop = grid.hop / spec.sample_rate
     results, bad = [], {}
@@ -87,7 +90,7 @@ def detect_files(files: Sequence[Path], spec: ModelSpec, rules: PostProcessing, 
             scores = score_frames(signal, grid, spec, salience.values_for(Path(path)), batch_size)
             duration = len(signal) / spec.sample_rate
             results.append(FileDetection(Path(path), duration, hop, scores, scores_to_events(scores, hop, duration,
-                                                                                              rules)))
+                                                                                              rules), spec.class_names))
         if on_progress:
             on_progress(1)
     return Detection(results, bad)
@@ -123,7 +126,7 @@ def scores_frame(detected: FileDetection) -> pd.DataFrame:
     starts = np.arange(len(detected.frame_scores)) * detected.hop_s
     table = pd.DataFrame({"onset": np.round(starts, 6),
                           "offset": np.round(np.minimum(starts + detected.hop_s, detected.duration_s), 6)})
-    for index, name in enumerate(CLASS_NAMES):
+    for index, name in enumerate(detected.class_names):
         table[name] = detected.frame_scores[:, index]
     return table
 

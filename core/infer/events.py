@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES
 from core.errors import UserError
+from core.folds import URBANSOUND8K_CLASSES
 
 
 @dataclass(frozen=True)
@@ -36,24 +36,25 @@ class Event:
 class PostProcessing:
     """Per-class hysteresis thresholds and the time rules (seconds) of the module docstring."""
 
-    on: tuple[float, ...]           # one per class, in CLASS_NAMES order
+    on: tuple[float, ...]           # one per class, in `classes` order
     off: tuple[float, ...]
     median_frames: int = 3
     min_length: float = 0.5
     min_gap: float = 0.5
+    classes: tuple[str, ...] = URBANSOUND8K_CLASSES  # the model's classes (ModelSpec.class_names)
 
     def __post_init__(self) -> None:
-        if len(self.on) != len(CLASS_NAMES) or len(self.off) != len(CLASS_NAMES):
+        if len(self.on) != len(self.classes) or len(self.off) != len(self.classes):
             raise ValueError("PostProcessing needs one on and one off threshold per class")
         if self.median_frames < 1 or self.median_frames % 2 == 0:
             raise ValueError(f"median_frames must be odd and positive; got {self.median_frames}")
 
     @classmethod
     def uniform(cls, on: float, off: float, median_frames: int = 3, min_length: float = 0.5,
-                min_gap: float = 0.5) -> PostProcessing:
+                min_gap: float = 0.5, classes: tuple[str, ...] = URBANSOUND8K_CLASSES) -> PostProcessing:
         """The same thresholds for every class."""
-        count = len(CLASS_NAMES)
-        return cls((on,) * count, (off,) * count, median_frames, min_length, min_gap)
+        count = len(classes)
+        return cls((on,) * count, (off,) * count, median_frames, min_length, min_gap, tuple(classes))
 
 
 def median_frames_for(seconds: float, hop: float) -> int:
@@ -62,16 +63,17 @@ def median_frames_for(seconds: float, hop: float) -> int:
     return frames if frames % 2 else frames + 1
 
 
-def load_thresholds(path: Path, median_frames: int, min_length: float, min_gap: float) -> PostProcessing:
-    """--thresholds FILE: a CSV with columns event_label,on,off and one row per class."""
+def load_thresholds(path: Path, median_frames: int, min_length: float, min_gap: float,
+                    classes: tuple[str, ...] = URBANSOUND8K_CLASSES) -> PostProcessing:
+    """--thresholds FILE: a CSV with columns event_label,on,off and one row per class of the model (`classes`)."""
     if not Path(path).is_file():
         raise UserError(f"--thresholds {path}: no such file (a CSV with columns event_label,on,off)")
     table = pd.read_csv(path, dtype={"event_label": str})
     if not {"event_label", "on", "off"} <= set(table.columns):
         raise UserError(f"{path}: needs the columns event_label,on,off (found {', '.join(map(str, table.columns))})")
     rows = {label: (on, off) for label, on, off in zip(table["event_label"], table["on"], table["off"], strict=True)}
-    unknown = sorted(set(rows) - set(CLASS_NAMES))
-    missing = [name for name in CLASS_NAMES if name not in rows]
+    unknown = sorted(set(rows) - set(classes))
+    missing = [name for name in classes if name not in rows]
     if unknown or missing:
         raise UserError(f"{path}: one row per class is needed; " + "; ".join(
             part for part in (f"unknown: {', '.join(unknown)}" if unknown else "",
@@ -79,8 +81,8 @@ def load_thresholds(path: Path, median_frames: int, min_length: float, min_gap: 
     for label, (on, off) in rows.items():
         if not (0 <= off <= on <= 1):
             raise UserError(f"{path}: {label}: thresholds must satisfy 0 <= off <= on <= 1; got on={on}, off={off}")
-    return PostProcessing(tuple(float(rows[n][0]) for n in CLASS_NAMES), tuple(float(rows[n][1]) for n in CLASS_NAMES),
-                          median_frames, min_length, min_gap)
+    return PostProcessing(tuple(float(rows[n][0]) for n in classes), tuple(float(rows[n][1]) for n in classes),
+                          median_frames, min_length, min_gap, tuple(classes))
 
 
 class _MedianFilter:
@@ -172,7 +174,7 @@ class EventTracker:
             offset = min(offset, duration)
         if offset - onset < self.rules.min_length - 1e-9:
             return []
-        return [Event(round(onset, 6), round(offset, 6), CLASS_NAMES[label])]
+        return [Event(round(onset, 6), round(offset, 6), self.rules.classes[label])]
 
 
 def scores_to_events(frame_scores: np.ndarray, hop: float, duration: float, rules: PostProcessing) -> list[Event]:

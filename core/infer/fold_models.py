@@ -52,4 +52,7 @@ def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
     frontends = {m.recipe.frontend.sample_rate for m in models}, {m.recipe.frontend.num_samples for m in models}
     if any(len(values) > 1 for values in frontends):
         raise UserError(f"the checkpoints in {solution_dir} disagree on sample rate or clip length; retrain them alike")
+    if len({m.recipe.classes for m in models}) > 1:
+        raise UserError(f"the checkpoints in {solution_dir} predict different classes (trained on other data sets); "
+                        "retrain them on one data set")
     return models

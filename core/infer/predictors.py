@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
+from core.folds import URBANSOUND8K_CLASSES
 
-Predictor = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (windows [B, L], salience values) -> [B, 10]
+Predictor = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (windows [B, L], salience values) -> [B, classes]
 
 
 @dataclass
@@ -22,6 +23,7 @@ class ModelSpec:
     uses_salience: bool
     description: str
     fold_keys: tuple[int, ...] = ()             # the fold models' keys (k of best_model_fold<k>), every solution
+    class_names: tuple[str, ...] = URBANSOUND8K_CLASSES  # the predictions' columns, in order (from the models)
 
 
 def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
@@ -37,14 +39,16 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
 
     runtime = Runtime.resolve(device, precision)
     configure_backends(runtime.device)
-    ensembles, rates, lengths, keys = [], {}, {}, set()
+    ensembles, rates, lengths, keys, classes = [], {}, {}, set(), {}
     for name in solution_names:
         models = load_fold_models(SolutionFolder.of(solutions, name).root, name, runtime)
         frontend = models[0].recipe.frontend
         keys.update(m.fold for m in models)
         rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
+        classes.update({(name, m.fold): m.recipe.classes for m in models})
         ensembles.append(FoldEnsemble([m.model for m in models], [m.recipe.frontend for m in models]).eval())
     check_same_input(rates, lengths)
+    check_same_classes(classes)
 
     def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
         waveforms = torch.from_numpy(windows).to(runtime.device, non_blocking=True)
@@ -62,7 +66,15 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     return ModelSpec(rates[name], lengths[name], predict, any(e.uses_salience for e in ensembles),
                      " + ".join(f"{n} ({w:g})" if len(solution_names) > 1 else n
                                 for n, w in zip(solution_names, weights, strict=True)),
-                     tuple(sorted(keys)))
+                     tuple(sorted(keys)), next(iter(classes.values())))
+
+
+def check_same_classes(classes: dict[tuple[str, int], tuple[str, ...]]) -> None:
+    """Fold models averaged together must predict the same classes in the same order."""
+    if len(set(classes.values())) > 1:
+        shown = "; ".join(f"{name} fold {fold}: {len(names)} classes ({', '.join(names[:3])}, ...)"
+                          for (name, fold), names in classes.items())
+        raise UserError(f"the models predict different classes ({shown}); classify with models of one data set")
 
 
 def check_same_input(rates: dict[str, int], lengths: dict[str, int]) -> None:
@@ -87,6 +99,9 @@ def onnx_predictor(path: Path) -> ModelSpec:
         raise UserError(f"--onnx {path}: not a model onnxruntime can load ({type(error).__name__})") from error
     if "sample_rate" not in metadata or "num_samples" not in metadata:
         raise UserError(f"--onnx {path}: no sample_rate/num_samples metadata; export it with `python -m core export`")
+    import json
+
+    class_names = tuple(json.loads(metadata["class_names"])) if "class_names" in metadata else URBANSOUND8K_CLASSES
     inputs = [item.name for item in session.get_inputs()]
     uses_salience = "salience" in inputs
 
@@ -101,4 +116,5 @@ def onnx_predictor(path: Path) -> ModelSpec:
 
     return ModelSpec(int(metadata["sample_rate"]), int(metadata["num_samples"]), predict, uses_salience,
                      f"{path} ({metadata.get('solution', '?')}, folds {metadata.get('folds', '?')})",
-                     tuple(int(k) for k in str(metadata.get("folds", "")).split(",") if k.strip().isdigit()))
+                     tuple(int(k) for k in str(metadata.get("folds", "")).split(",") if k.strip().isdigit()),
+                     class_names)

@@ -1,17 +1,16 @@
-"""The network builder: a recipe -> AudioClassifier (waveforms [+ salience] -> logits [B, 10]).
+"""The network builder: a recipe -> AudioClassifier (waveforms [+ salience] -> logits [B, classes]).
 
     waveforms -> PCEN frontend -> SpecAugment (train) -> input BN        (float32, core/model/frontend.py)
               -> timm backbone with CBAM                                 (core/model/backbone.py)
               -> FiLM(salience)                                          (fusion "film")
               -> mean over frequency -> BiGRU (optional) -> pooling (GAP | ASP | temporal ASP)
-              -> BN1d (optional) -> dropout -> concat salience (fusion "concat") -> Linear(., 10)
+              -> BN1d (optional) -> dropout -> concat salience (fusion "concat") -> Linear(., classes)
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from core import NUM_CLASSES
 from core.folds import SALIENCE_VALUES
 from core.model.backbone import AudioBackbone
 from core.model.blocks import (
@@ -47,11 +46,11 @@ class AudioClassifier(nn.Module):
         self.embedding_bn = nn.BatchNorm1d(pooled) if recipe.head.embedding_bn else nn.Identity()
         self.dropout = nn.Dropout(recipe.head.dropout)
         head_inputs = pooled + (fusion.dim if fusion.kind == "concat" else 0)
-        self.classifier = nn.Linear(head_inputs, NUM_CLASSES)
+        self.classifier = nn.Linear(head_inputs, recipe.num_classes)
 
     def forward(self, waveforms: Tensor, salience: Tensor | None = None,
                 mix: tuple[float, Tensor] | None = None) -> Tensor:
-        """waveforms float [B, num_samples] (or [B, 1, num_samples]) -> logits [B, 10].
+        """waveforms float [B, num_samples] (or [B, 1, num_samples]) -> logits [B, len(recipe.classes)].
 
         salience: LongTensor [B] of raw metadata values (1 foreground, 2 background); required when the
         recipe fuses salience, ignored otherwise. mix: the batch's mixup (lam, index); the salience

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core import CLASS_NAMES
 from core.errors import UserError
+from core.folds import URBANSOUND8K_CLASSES
 from core.sed.formats import audio_id
 
 SEGMENT_SECONDS = 1.0
@@ -63,7 +63,8 @@ def event_metrics(predicted: pd.DataFrame, reference: pd.DataFrame, files: list[
         warnings.simplefilter("ignore")
         import sed_eval
 
-    labels = sorted(set(CLASS_NAMES) | set(reference["event_label"]) | set(predicted["event_label"]))
+    # Soundscapes are mixed from UrbanSound8K: its classes are always scored, with those the event lists name.
+    labels = sorted(set(URBANSOUND8K_CLASSES) | set(reference["event_label"]) | set(predicted["event_label"]))
     segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels, time_resolution=SEGMENT_SECONDS)
     event = sed_eval.sound_event.EventBasedMetrics(event_label_list=labels, t_collar=T_COLLAR,
                                                    percentage_of_length=OFFSET_LENGTH_SHARE)
@@ -95,7 +96,8 @@ def psds_metrics(scores: Path, reference: pd.DataFrame, files: list[str]) -> dic
         truth[audio_id(filename)].append((float(onset), float(offset), str(label)))
     durations = {name: float(table["offset"].max()) for name, table in tables.items()}
     # sed_scores_eval needs reference events for every class it scores: classes without any are left out (said).
-    present = [name for name in CLASS_NAMES if (reference["event_label"] == name).any()]
+    classes = [column for column in next(iter(tables.values())).columns if column not in ("onset", "offset")]
+    present = [name for name in classes if (reference["event_label"] == name).any()]  # the model's, from its tables
     if not present:
         raise UserError("PSDS needs reference events; the reference has none")
     tables = {name: table[["onset", "offset", *present]] for name, table in tables.items()}

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.atomic import write_csv
 from core.data.cache import load_waveforms
-from core.data.metadata import DataSource
+from core.data.metadata import LAYOUT_NAMES, DataSource
 from core.errors import UserError
-from core.folds import SALIENCE_VALUES, FoldRoles, fold_roles
+from core.folds import HELD_OUT_PROTOCOLS, SALIENCE_VALUES, FoldRoles, fold_roles, protocol_folds
 from core.recipe import Augment, Recipe
 from core.solution_folder import SolutionFolder
 from core.train import distributed
@@ -51,7 +51,8 @@ class PreparedData:
     """The labelled folds (`train`) and the separate test split, ready for every fold training.
 
     Under the kaggle protocol `train` holds folds 1-8 and `test` the test split; under us8k-10fold
-    `train` holds all ten labelled folds (each fold training tests one of them) and `test` is None.
+    `train` holds all ten labelled folds (each fold training tests one of them) and `test` is None;
+    under kfold the same with the data set's labelled folds.
     """
 
     source: DataSource
@@ -62,7 +63,7 @@ class PreparedData:
 
     def roles(self, fold: int) -> FoldRoles:
         """The folds' roles in fold training `fold`; refused when a fold it needs has no clips."""
-        roles = fold_roles(self.protocol, fold)
+        roles = fold_roles(self.protocol, fold, self.folds)
         present = set(self.train.table["fold"].tolist())
         needed = [roles.validation] + ([roles.test] if roles.test is not None else [])
         missing = [k for k in needed if k not in present]
@@ -70,6 +71,15 @@ class PreparedData:
             raise UserError(f"fold {missing[0]} has no clips in {self.source.root} (needed by fold training {fold} "
                             f"of the {self.protocol} protocol); folds present: {sorted(present)}")
         return roles
+
+    @property
+    def folds(self) -> tuple[int, ...] | None:
+        """The data's folds the protocol works on (see `protocol_data_folds`)."""
+        return protocol_data_folds(self.source, self.protocol)
+
+    def fold_keys(self) -> tuple[int, ...]:
+        """Every fold training of the protocol on this data (the k of its output files)."""
+        return protocol_folds(self.protocol, self.folds)
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions in `train` of the training rows and of the validation rows of fold training `fold`."""
@@ -87,16 +97,36 @@ class PreparedData:
 
 def prepare_data(recipe: Recipe, source: DataSource, options: TrainOptions) -> PreparedData:
     """Cache (or reuse) the audio of the protocol's splits at the recipe's rate and length."""
-    if options.protocol == "us8k-10fold":
-        folds = all_labelled_folds(source)
+    if options.protocol in HELD_OUT_PROTOCOLS:
+        folds = all_labelled_folds(source) if options.protocol == "us8k-10fold" else _train_salience(recipe, source.labelled)
         train, bad = prepare_split(_limit_train(folds, options.max_clips_per_fold), recipe, options)
         _write_bad_audio(bad, options)
         return PreparedData(source, train, None, bad, options.protocol)
-    train, train_bad = prepare_split(_limit_train(source.train, options.max_clips_per_fold), recipe, options)
+    train, train_bad = prepare_split(_train_salience(recipe, _limit_train(source.train, options.max_clips_per_fold)),
+                                     recipe, options)
     test, test_bad = prepare_test(recipe, source, options)
     bad = {**train_bad, **test_bad}
     _write_bad_audio(bad, options)
     return PreparedData(source, train, test, bad)
+
+
+def protocol_data_folds(source: DataSource, protocol: str) -> tuple[int, ...] | None:
+    """The folds `protocol` works on: kaggle, those beside the test split; kfold, every labelled fold;
+    us8k-10fold, None (UrbanSound8K's ten)."""
+    if protocol == "kfold":
+        return source.folds
+    return source.cross_validation_folds if protocol == "kaggle" else None
+
+
+def check_protocol(source: DataSource, protocol: str) -> None:
+    """`train --protocol kaggle` predicts a separate test split: refused on data that defines none.
+
+    (`tune` validates on fold k and predicts no test split: it may use any data's folds.)
+    """
+    if protocol == "kaggle" and len(source.test) == 0:
+        raise UserError(f"--protocol kaggle predicts a separate test split, and the {LAYOUT_NAMES[source.layout]} "
+                        f"data in {source.root} defines none; use --protocol kfold (test fold k, validate on k+1, "
+                        "train on the rest)")
 
 
 def all_labelled_folds(source: DataSource) -> pd.DataFrame:
@@ -142,6 +172,16 @@ def _limit_train(train: pd.DataFrame, per_fold: int | None) -> pd.DataFrame:
     by_turn = train.assign(turn=turn.to_numpy()).sort_values("turn", kind="stable")
     keep = by_turn.groupby("fold", sort=False).head(per_fold).index
     return train.loc[sorted(keep)].reset_index(drop=True)
+
+
+def _train_salience(recipe: Recipe, train: pd.DataFrame) -> pd.DataFrame:
+    """Training rows whose salience is unknown (data without it) get 1, unused by a model that does not fuse it.
+
+    A fusion recipe never gets here on such data (core/train/own_data.py refuses it first).
+    """
+    if recipe.fusion.uses_salience or not train["salience"].isna().any():
+        return train
+    return train.assign(salience=train["salience"].fillna(1).astype(np.int64))
 
 
 def _test_salience(recipe: Recipe, test: pd.DataFrame, options: TrainOptions) -> pd.DataFrame:

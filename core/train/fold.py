@@ -30,7 +30,7 @@ from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.runtime import Runtime  # noqa: F401  (moved to core/runtime.py; kept importable here)
 from core.solution_folder import SolutionFolder
-from core.train import checkpoint, distributed
+from core.train import checkpoint, distributed, init_from
 from core.train.data import (
     PreparedData,
     ResidentBatches,
@@ -152,7 +152,8 @@ def fold_identity(recipe: Recipe, data: PreparedData, fold: int, options: TrainO
     settings = FoldSettings.resolve(recipe, options)
     return run_identity(recipe, fold=fold, epochs=settings.epochs, seed=settings.seed, protocol=data.protocol,
                         processes=distributed.current().world_size, precision=settings.runtime.precision,
-                        train_table=data.train.table)
+                        train_table=data.train.table, init_from=init_from.identity_value(options.init_from),
+                        freeze_backbone_epochs=options.freeze_backbone_epochs)
 
 
 @dataclass
@@ -245,6 +246,8 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
         check_device_cache_allowed(recipe.augment)
 
     parts = build_training_parts(recipe, data, fold, options, settings)
+    if options.init_from is not None:  # before the resume state, which then overrides it
+        progress.log(f"fold {fold}: " + init_from.initialise(parts.model, recipe, options.init_from).describe())
     train_model = distributed.wrap_model(parts.model, runtime.device) if replicas.enabled else parts.model
     train_rows, val_rows = data.fold_rows(fold)
     resident = make_resident(data.train, runtime.device) if options.device_cache else None
@@ -299,6 +302,7 @@ def run_one_epoch(recipe: Recipe, data: PreparedData, fold: int, epoch: int, opt
     seed = epoch_seed(settings.seed, fold, epoch)
     seed_all(seed)
     loader = train_batches(data, train_rows, recipe, settings.batch_size, runtime, options, seed, resident)
+    init_from.set_backbone_trainable(model, epoch, options.freeze_backbone_epochs)
     lr = parts.sam.param_groups[0]["lr"]
     train_loss, train_accuracy, skipped = run_epoch(train_model, parts.sam, parts.scaler, schedule, loader, recipe,
                                                     runtime, seed, progress)

@@ -9,6 +9,7 @@ import torch
 
 from core.atomic import write_csv
 from core.data.metadata import DataSource
+from core.folds import URBANSOUND8K_CLASSES
 from core.infer.fold_models import FoldModel, load_fold_models  # noqa: F401  (moved: inference owns loading)
 from core.progress import TrainProgress
 from core.solution_folder import SolutionFolder
@@ -45,14 +46,16 @@ def predict_folds(models: list[FoldModel], source: DataSource, options: TrainOpt
 
 
 def write_predictions(fold_probs: dict[int, np.ndarray], test: pd.DataFrame, out: Path,
-                      submission: Path, skipped: dict[str, str] | None = None) -> pd.DataFrame:
-    """Per-fold probability CSVs in `out`, the fold-average submission (ID,TARGET) and, when clips were
-    skipped, their list (path, reason) as out/skipped_audio.csv."""
+                      submission: Path, skipped: dict[str, str] | None = None,
+                      class_names: tuple[str, ...] = URBANSOUND8K_CLASSES) -> pd.DataFrame:
+    """Per-fold probability CSVs in `out` (one column per class of the models, `class_names`), the
+    fold-average submission (ID,TARGET) and, when clips were skipped, their list (path, reason) as
+    out/skipped_audio.csv."""
     ids = test[["ID"]].reset_index(drop=True)
     if skipped:
         write_csv(pd.DataFrame(sorted(skipped.items()), columns=["path", "reason"]), SolutionFolder(out).skipped_audio)
     for fold, probs in fold_probs.items():
-        write_csv(with_probabilities(ids, probs), SolutionFolder(out).best_predictions(fold))
+        write_csv(with_probabilities(ids, probs, class_names), SolutionFolder(out).best_predictions(fold))
     mean = np.mean(list(fold_probs.values()), axis=0)
     frame = pd.DataFrame({"ID": ids["ID"], "TARGET": mean.argmax(axis=1)})
     write_csv(frame, submission)

@@ -10,7 +10,7 @@ from core.train.solution import SolutionSummary
 
 def print_summary(summary: SolutionSummary, console: Console) -> None:
     """The protocol's fold table (see print_kaggle_summary and print_ten_fold_summary), then where it all is."""
-    if summary.protocol == "us8k-10fold":
+    if summary.protocol != "kaggle":  # us8k-10fold, kfold: scores on held-out folds
         print_ten_fold_summary(summary, console)
     else:
         print_kaggle_summary(summary, console)
@@ -23,7 +23,7 @@ def print_summary(summary: SolutionSummary, console: Console) -> None:
 
 def print_ten_fold_summary(summary: SolutionSummary, console: Console) -> None:
     """Per test fold: the validation fold that chose the epoch and the test scores; mean +- std."""
-    table = Table(title=f"{summary.solution}: us8k-10fold, scores on each held-out test fold")
+    table = Table(title=f"{summary.solution}: {summary.protocol}, scores on each held-out test fold")
     for column in ("test fold", "validation fold", "best epoch", "accuracy", "macro-F1", "composite"):
         table.add_column(column, justify="right")
     for fold, result in sorted(summary.folds.items()):
@@ -31,7 +31,7 @@ def print_ten_fold_summary(summary: SolutionSummary, console: Console) -> None:
         table.add_row(str(fold), str(result["validation_fold"]), str(result["best_epoch"]), f"{test['accuracy']:.4f}",
                       f"{test['macro_f1']:.4f}", f"{test['composite']:.4f}")
     mean, std = summary.cv_mean, summary.cv_std or {}
-    table.add_row(f"mean +- std ({len(summary.folds)} of 10)", "", "",
+    table.add_row(f"mean +- std ({len(summary.folds)} of {summary.folds_total})", "", "",
                   *(f"{mean[key]:.4f} +- {std.get(key, 0.0):.4f}" for key in ("accuracy", "macro_f1", "composite")),
                   style="bold")
     console.print(table)

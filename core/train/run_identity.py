@@ -25,7 +25,8 @@ IDENTITY_KEY = "identity"
 
 # What to pass to get a stored value back, for the fields that a train option sets.
 OPTION_OF = {"epochs": "--epochs", "seed": "--seed", "precision": "--precision", "training.lr": "--lr",
-             "training.batch_size": "--batch-size", "protocol": "--protocol"}
+             "training.batch_size": "--batch-size", "protocol": "--protocol", "frontend.clip_seconds": "--clip-seconds",
+             "init_from": "--init-from", "freeze_backbone_epochs": "--freeze-backbone-epochs"}
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,17 @@ class RunIdentity:
 
 
 def run_identity(recipe: Recipe, *, fold: int, epochs: int, seed: int, protocol: str, processes: int,
-                 precision: str, train_table: pd.DataFrame) -> RunIdentity:
-    """The identity of fold training `fold`: computational recipe fields and run settings, data by content."""
+                 precision: str, train_table: pd.DataFrame, init_from: str | None = None,
+                 freeze_backbone_epochs: int = 0) -> RunIdentity:
+    """The identity of fold training `fold`: computational recipe fields and run settings, data by content.
+
+    `init_from`: the fine-tuning start (its file name and content hash, core/train/init_from.py), or None.
+    """
     fields = {name: value for name, value in flatten(recipe.to_dict()).items()
               if name.split(".")[0] not in NOT_COMPUTATIONAL and name not in NOT_PER_FOLD}
     fields.update(solution=recipe.name, epochs=epochs, seed=seed, fold=fold, protocol=protocol, processes=processes,
-                  precision=precision, data=data_digest(train_table))
+                  precision=precision, data=data_digest(train_table), init_from=init_from,
+                  freeze_backbone_epochs=freeze_backbone_epochs)
     return RunIdentity(json.loads(json.dumps(fields, default=str)))  # tuples -> lists: as read back from JSON
 
 

@@ -21,20 +21,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import CLASS_NAMES, PROB_COLUMNS
 from core.atomic import TEMP_SUFFIX, check_writable, write_csv, write_json
 from core.data.metadata import DataSource
 from core.errors import UserError
-from core.folds import ALL_FOLDS, fold_roles
+from core.folds import HELD_OUT_PROTOCOLS, fold_roles, protocol_folds
 from core.metrics import confusion, score
+from core.predictions import probability_columns
 from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed
-from core.train.data import PreparedData, prepare_data
+from core.train.data import PreparedData, check_protocol, prepare_data, protocol_data_folds
 from core.train.fold import FoldResult, Runtime, build_on_device, fold_identity, predict, train_fold
 from core.train.lock import folder_lock
 from core.train.options import TrainOptions
+from core.train.own_data import recipe_for_data
 from core.train.run_identity import IDENTITY_KEY, check_identity
 
 
@@ -50,11 +51,16 @@ class SolutionSummary:
     out: Path | None = None          # the solution folder
     test_clips: int = 0              # clips the test scores cover
     skipped_clips: int = 0           # of the test clips asked for, dropped by --skip-bad-audio (skipped_audio.csv)
+    folds_total: int = 0             # us8k-10fold / kfold: the protocol's fold trainings on this data (the K of "n of K")
 
 
 def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
                    progress: TrainProgress | None = None) -> SolutionSummary:
-    """Train every requested fold not yet finished in `options.out`, then write the solution outputs."""
+    """Train every requested fold not yet finished in `options.out`, then write the solution outputs.
+
+    The recipe takes the data set's classes first (a fusion recipe on data without salience is refused).
+    """
+    recipe = recipe_for_data(recipe, source)
     out = Path(options.out)
     folder = SolutionFolder(out)
     main = distributed.current().is_main
@@ -63,9 +69,12 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
         if options.write_outputs:
             check_writable(options.submissions)
     progress = progress or (TrainProgress(options.progress) if main else quiet_progress())
-    folds = options.folds or (recipe.training.folds if options.protocol == "kaggle" else ALL_FOLDS)
+    check_protocol(source, options.protocol)
+    data_folds = protocol_data_folds(source, options.protocol)
+    folds = options.folds or (tuple(f for f in recipe.training.folds if f in protocol_folds("kaggle", data_folds))
+                              if options.protocol == "kaggle" else protocol_folds(options.protocol, data_folds))
     for fold in folds:  # an impossible fold is refused before any audio is cached
-        fold_roles(options.protocol, fold)
+        fold_roles(options.protocol, fold, data_folds)
     with fold_locks(out, folds), progress.running():
         data = prepare_data(recipe, source, options)
         progress.start("folds", len(folds), "folds")
@@ -168,7 +177,7 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
         if not main:
             return
         table = data.train.table.iloc[test_rows][keys].reset_index(drop=True)
-        write_csv(with_probabilities(table, test_probs), folder.test(result.fold))
+        write_csv(with_probabilities(table, test_probs, recipe.classes), folder.test(result.fold))
         fold_result["test_fold"] = roles.test
         fold_result["test"] = score(table["classID"].to_numpy(), test_probs.argmax(axis=1)).as_dict()
         write_json(fold_result, folder.result(result.fold))
@@ -180,9 +189,9 @@ def write_fold_outputs(recipe: Recipe, data: PreparedData, result: FoldResult, o
     if not main:
         return
     oof = data.train.table.iloc[val_rows][keys].reset_index(drop=True)
-    write_csv(with_probabilities(oof, oof_probs), folder.oof(result.fold))
+    write_csv(with_probabilities(oof, oof_probs, recipe.classes), folder.oof(result.fold))
     test = data.test.table[["ID"]].reset_index(drop=True)
-    write_csv(with_probabilities(test, test_probs), folder.best_predictions(result.fold))
+    write_csv(with_probabilities(test, test_probs, recipe.classes), folder.best_predictions(result.fold))
     if has_labels(data):
         fold_result["test"] = score(test_labels(data), test_probs.argmax(axis=1)).as_dict()
     write_json(fold_result, folder.result(result.fold))
@@ -196,11 +205,11 @@ def check_finished_fold(recipe: Recipe, data: PreparedData, options: TrainOption
                    str(folder.result(fold)), fold, f"delete {folder.result(fold)} to train fold {fold} again")
 
 
-def with_probabilities(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
-    """frame + TARGET (argmax) + one column per class."""
+def with_probabilities(frame: pd.DataFrame, probs: np.ndarray, class_names: tuple[str, ...]) -> pd.DataFrame:
+    """frame + TARGET (argmax, the class index) + one column per class (predictions.probability_columns)."""
     frame = frame.copy()
     frame["TARGET"] = probs.argmax(axis=1)
-    for column, values in zip(PROB_COLUMNS, probs.T, strict=True):
+    for column, values in zip(probability_columns(class_names), probs.T, strict=True):
         frame[column] = values
     return frame
 
@@ -243,18 +252,18 @@ def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, 
         check_finished_fold(recipe, data, options, fold)
     results = folder.read_results(folds)
     plot_fold_curves(recipe, folder, list(results), folder.all_curves)
-    if data.protocol == "us8k-10fold":
+    if data.protocol in HELD_OUT_PROTOCOLS:
         return write_ten_fold_summary(recipe, data, folder, results, options)
     cv_mean = {key: float(np.mean([r[key] for r in results.values()])) for key in ("accuracy", "macro_f1", "composite")}
     oof = pd.concat([pd.read_csv(folder.oof(fold)) for fold in results], ignore_index=True)
     oof_scores = score(oof["classID"].to_numpy(), oof["TARGET"].to_numpy())
     from core.plots import plot_confusion
 
-    plot_confusion(confusion(oof["classID"].to_numpy(), oof["TARGET"].to_numpy()), CLASS_NAMES,
+    plot_confusion(confusion(oof["classID"].to_numpy(), oof["TARGET"].to_numpy(), recipe.num_classes), recipe.classes,
                    f"{recipe.name}: out-of-fold (folds {','.join(map(str, results))}), "
                    f"composite {oof_scores.composite:.4f}", folder.oof_confusion)
     ids = data.test.table["ID"]
-    test_probs = np.mean([aligned_probabilities(folder, folder.best_predictions(fold), fold, "ID", ids)
+    test_probs = np.mean([aligned_probabilities(folder, folder.best_predictions(fold), fold, "ID", ids, recipe.classes)
                           for fold in results], axis=0)
     submission = pd.DataFrame({"ID": ids.to_numpy(), "TARGET": test_probs.argmax(axis=1)})
     submission_path = write_csv(submission, Path(options.submissions) / f"{recipe.name}.csv")
@@ -269,7 +278,8 @@ def write_summary_of(recipe: Recipe, data: PreparedData, options: TrainOptions, 
     return summary
 
 
-def aligned_probabilities(folder: SolutionFolder, path: Path, fold: int, key: str, expected: pd.Series) -> np.ndarray:
+def aligned_probabilities(folder: SolutionFolder, path: Path, fold: int, key: str, expected: pd.Series,
+                          class_names: tuple[str, ...]) -> np.ndarray:
     """The class probabilities in `path`, in the order of `expected` (its `key` column, e.g. ID).
 
     A fold whose file does not hold exactly the expected clips is refused, naming the fold and the
@@ -286,7 +296,7 @@ def aligned_probabilities(folder: SolutionFolder, path: Path, fold: int, key: st
         raise UserError(f"fold {fold}: {path} does not hold this run's test clips: {'; '.join(problems)}. It was "
                         f"made with other test settings (--max-test-clips, --skip-bad-audio, data); delete "
                         f"{folder.result(fold)} to train fold {fold} again.")
-    return frame.set_index(key).loc[wanted.to_numpy(), PROB_COLUMNS].to_numpy()
+    return frame.set_index(key).loc[wanted.to_numpy(), probability_columns(class_names)].to_numpy()
 
 
 SCORE_KEYS = ("accuracy", "macro_f1", "composite")
@@ -302,7 +312,7 @@ def write_ten_fold_summary(recipe: Recipe, data: PreparedData, folder: SolutionF
                            results: dict[int, dict], options: TrainOptions) -> SolutionSummary:
     """summary.json (per test fold, mean +- std over the folds present), pooled test confusion PNG.
 
-    Each test fold's probabilities are aligned on slice_file_name with the clips of that fold in this run.
+    For us8k-10fold and kfold alike ("n of K": K is the protocol's fold count on this data). Each test fold's probabilities are aligned on slice_file_name with the clips of that fold in this run.
     """
     from core.plots import plot_confusion
 
@@ -311,20 +321,21 @@ def write_ten_fold_summary(recipe: Recipe, data: PreparedData, folder: SolutionF
     truth, predicted = [], []
     for fold in results:
         clips = data.train.table.iloc[data.test_rows(fold)]
-        probs = aligned_probabilities(folder, folder.test(fold), fold, "slice_file_name", clips["slice_file_name"])
+        probs = aligned_probabilities(folder, folder.test(fold), fold, "slice_file_name", clips["slice_file_name"],
+                                      recipe.classes)
         truth.append(clips["classID"].to_numpy())
         predicted.append(probs.argmax(axis=1))
     truth, predicted = np.concatenate(truth), np.concatenate(predicted)
     pooled_scores = score(truth, predicted)
-    leakage = data.source.fold_leakage
-    plot_confusion(confusion(truth, predicted), CLASS_NAMES,
-                   f"{recipe.name}: us8k-10fold, test folds {','.join(map(str, results))} pooled "
-                   f"({len(results)} of {len(ALL_FOLDS)}), accuracy {pooled_scores.accuracy:.4f}"
+    leakage, total = data.source.fold_leakage, len(data.fold_keys())
+    plot_confusion(confusion(truth, predicted, recipe.num_classes), recipe.classes,
+                   f"{recipe.name}: {data.protocol}, test folds {','.join(map(str, results))} pooled "
+                   f"({len(results)} of {total}), accuracy {pooled_scores.accuracy:.4f}"
                    + (" - FOLD LEAKAGE ALLOWED" if leakage else ""), folder.test_confusion)
-    write_json({"solution": recipe.name, "protocol": "us8k-10fold", "folds_done": len(results),
-                "folds_total": len(ALL_FOLDS), "folds": {str(k): v for k, v in results.items()},
+    write_json({"solution": recipe.name, "protocol": data.protocol, "folds_done": len(results),
+                "folds_total": total, "folds": {str(k): v for k, v in results.items()},
                 "mean": mean, "std": std, "std_kind": "sample standard deviation over the test folds (ddof 1)",
                 "pooled": pooled_scores.as_dict(), "test_clips": len(truth), "skipped_clips": len(data.bad_audio),
                 "recipe_changes": list(options.recipe_changes), "fold_leakage": leakage}, folder.summary)
-    return SolutionSummary(recipe.name, results, mean, None, None, "us8k-10fold", std, out=folder.root,
-                           test_clips=len(truth), skipped_clips=len(data.bad_audio))
+    return SolutionSummary(recipe.name, results, mean, None, None, data.protocol, std, out=folder.root,
+                           test_clips=len(truth), skipped_clips=len(data.bad_audio), folds_total=total)

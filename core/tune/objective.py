@@ -97,10 +97,12 @@ def trainer_fold_runner(prepared, options) -> FoldRunner:
     """The real fold training (core.train.fold.train_fold) on data prepared once for all trials.
 
     `prepared` is a core.train.data.PreparedData, `options` a TrainOptions with write_outputs=False.
+    Each trial's recipe takes the data set's classes (core/train/own_data.py).
     """
     from core.train.fold import train_fold
+    from core.train.own_data import recipe_for_data
 
     def run_fold(recipe: Recipe, fold: int) -> float:
-        return train_fold(recipe, prepared, fold, options).best.composite
+        return train_fold(recipe_for_data(recipe, prepared.source), prepared, fold, options).best.composite
 
     return run_fold
