@@ -553,14 +553,15 @@ def test_member_file_problems_word_for_word(tmp_path):
         frame.loc[0, "2"] = -1.0
         (tmp_path / name).mkdir()
         frame.to_csv(tmp_path / name / "best_model_fold1.csv", index=False)
+    alone = {}
+    for name in ("c", "d"):  # a sole invalid file: its own error, nothing else
+        with pytest.raises(UserError) as caught:
+            blend(files_recipe(f"{name}/best_model_fold1.csv"), tmp_path)
+        alone[name] = str(caught.value)
+        assert f"{name}/best_model_fold1.csv" in alone[name] and "input files are invalid" not in alone[name]
     with pytest.raises(UserError) as caught:
         blend(files_recipe("c/best_model_fold1.csv", "d/best_model_fold1.csv"), tmp_path)
-    header, first, second = str(caught.value).split("\n\n")
-    assert header == "2 of the blend's input files are invalid:"
-    assert "c/best_model_fold1.csv" in first and "d/best_model_fold1.csv" in second
-    with pytest.raises(UserError) as caught:  # every file invalid: that file's own error, nothing else
-        blend(files_recipe("c/best_model_fold1.csv"), tmp_path)
-    assert "c/best_model_fold1.csv" in str(caught.value) and "input files are invalid" not in str(caught.value)
+    assert str(caught.value) == f"2 of the blend's input files are invalid:\n\n{alone['c']}\n\n{alone['d']}"
 
 
 def test_submission_frame_in_id_order_in_a_given_order_and_with_scores(tmp_path):
