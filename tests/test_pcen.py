@@ -244,3 +244,15 @@ def test_the_fused_module_refuses_energy_with_a_gradient_word_for_word():
     message = r"^PCEN treats the mel energy as a constant: compute it under torch\.no_grad\(\)$"
     with pytest.raises(ValueError, match=message):
         TrainablePCEN(S_FLOAT32)(torch.rand(1, 4, 10, requires_grad=True))
+
+
+def test_padding_never_leaks_even_from_buffers_that_start_as_nan(monkeypatch):
+    """The fused kernel's chunk buffers come from new_empty (whatever memory held before): their zero padding
+    must be written, or a NaN there would leak through the block product into real frames."""
+    real_new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *size, **kwargs: real_new_empty(
+        self, *size, **kwargs).fill_(float("nan")))
+    energy = torch.rand(40, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(7))  # rows > frames
+    ours = pcen(energy, S_FLOAT32, *scalars(), chunk_elements=1 << 20)
+    assert torch.isfinite(ours).all()
+    assert (ours - pcen_loop(energy, S_FLOAT32, *scalars())).abs().max() <= 1e-12
