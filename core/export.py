@@ -110,6 +110,7 @@ def write_model(proto, out: Path, external_data_threshold: int = PROTOBUF_LIMIT)
 
     Either way a reader sees the complete new model or none: the pair is written into a temporary folder
     beside `out`, then the data file is renamed into place first and the .onnx (the commit point) last.
+    An earlier pair at `out` is removed before the renames, so a failure leaves neither file, old or new.
     """
     data = external_data_path(out)
     if proto.ByteSize() < external_data_threshold:
@@ -134,8 +135,9 @@ def _write_with_external_data(proto, out: Path, data: Path) -> None:
                         location=data.name, size_threshold=1024)
         for staged in (staged_data, staged_model):
             _fsync_file(staged)
-        with contextlib.suppress(FileNotFoundError):
-            out.unlink()  # an earlier .onnx must not meet the new data file, even for a moment
+        for earlier in (out, data):  # an earlier pair goes first: its .onnx must never meet the new data
+            with contextlib.suppress(FileNotFoundError):
+                earlier.unlink()
         os.replace(staged_data, data)
         renamed.append(data)
         os.replace(staged_model, out)

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UserError
+
 DEMO_FOLDER = "demo"  # runs on the synthetic demo set write under solutions/demo/ and submissions/demo/
 
 _PER_FOLD = {
@@ -145,7 +147,16 @@ class SolutionFolder:
         return self.folds_with("result")
 
     def read_result(self, fold: int) -> dict:
-        return json.loads(self.result(fold).read_text())
+        """result_fold<k>.json as a dict; a file that is not a JSON object is a UserError naming it."""
+        path = self.result(fold)
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            result = error
+        if not isinstance(result, dict):
+            problem = f"not valid JSON ({result})" if isinstance(result, Exception) else "not a JSON object"
+            raise UserError(f"{path}: {problem}. Restore it, or delete it to train fold {fold} again.")
+        return result
 
     def read_results(self, folds: list[int] | None = None) -> dict[int, dict]:
         """fold -> result_fold<k>.json of `folds` (default: every finished fold)."""

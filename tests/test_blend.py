@@ -17,7 +17,9 @@ from core.blend import (
     blend,
     blend_recipe_toml,
     combine,
+    finish,
     load_blend_recipe,
+    member_space,
     parse_blend_recipe,
     submission_frame,
 )
@@ -415,3 +417,188 @@ def test_method_option_switches_the_cli_blend(tmp_path):
     done = run_cli("blend", "a/best_model_fold1.csv", "--root", tmp_path, "--out", tmp_path / "x.csv",
                    "--method", "median")
     assert done.returncode == 2 and "mean, geomean, rank" in done.stderr
+
+
+# --- every rule and message in process (found by mutation testing, RELIABILITY.md 5) ----------------------
+
+def test_recipe_problems_are_all_listed_word_for_word():
+    members = [5, "a.csv", {"path": "b.csv", "colour": 1}, {"path": "a.csv", "weight": 0},
+               {"path": "c.csv", "weight": 1e7}, "c.csv"]
+    with pytest.raises(UserError) as caught:
+        parse_blend_recipe({"members": members, "method": "median", "extra": 1, "other": 2}, "r.toml")
+    assert str(caught.value) == "\n".join([
+        "r.toml: invalid blend recipe:",
+        "  - unknown key 'extra' (allowed: name, description, method, members, solutions)",
+        "  - unknown key 'other' (allowed: name, description, method, members, solutions)",
+        "  - method = 'median'; choose one of: mean, geomean, rank",
+        "  - members entry 1: 5 is neither a path nor {path = ..., weight = ...}",
+        "  - members entry 3: {'path': 'b.csv', 'colour': 1} is neither a path nor {path = ..., weight = ...}",
+        "  - members entry 4 (a.csv): weight 0 must be a positive number",
+        "  - members entry 5 (c.csv): weight 10000000.0 must be between 1e-06 and 1e+06 (weights are relative: "
+        "use numbers like 1, 2, 3)",
+        "  - listed more than once: a.csv, c.csv (give one entry a weight instead)",
+    ])
+
+
+@pytest.mark.parametrize("data, problem", [
+    ({"members": ["a.csv"], "solutions": {"s": 1}},
+     "give exactly one of `members = [...]` (CSV files) or a `[solutions]` table (weights)"),
+    ({"members": []}, "`members` must be a non-empty list of CSV paths (or {path = ..., weight = ...} tables)"),
+    ({"members": "a.csv"}, "`members` must be a non-empty list of CSV paths (or {path = ..., weight = ...} tables)"),
+    ({"solutions": {}}, "`[solutions]` must be a non-empty table of solution = weight"),
+    ({"solutions": "sol_a"}, "`[solutions]` must be a non-empty table of solution = weight"),
+    ({"solutions": {"s": True}}, "solution s: weight True must be a positive number"),
+    ({"solutions": {"s": 2e6}}, "solution s: weight 2000000.0 must be between 1e-06 and 1e+06 (weights are "
+                                "relative: use numbers like 1, 2, 3)"),
+])
+def test_each_recipe_problem_has_its_own_line(data, problem):
+    with pytest.raises(UserError) as caught:
+        parse_blend_recipe(data, "r.toml")
+    assert str(caught.value) == f"r.toml: invalid blend recipe:\n  - {problem}"
+
+
+def test_weights_at_the_ends_of_their_range_are_accepted_and_the_name_defaults():
+    recipe = parse_blend_recipe({"members": [{"path": "a.csv", "weight": 1e-6}, {"path": "b.csv", "weight": 1e6}]},
+                                "r.toml")
+    assert [member.weight for member in recipe.members] == [1e-6, 1e6]
+    assert recipe.name == "blend" and recipe.method == "mean"
+    assert parse_blend_recipe({"name": "mine", "members": ["a.csv"]}, "r.toml").name == "mine"
+
+
+def test_recipe_files_name_themselves_in_their_errors(tmp_path):
+    missing = tmp_path / "absent.toml"
+    with pytest.raises(UserError) as caught:
+        load_blend_recipe(missing)
+    assert str(caught.value) == f"{missing}: recipe file not found. Check the --recipe path."
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = \n")
+    with pytest.raises(UserError) as caught:
+        load_blend_recipe(broken)
+    assert str(caught.value).startswith(f"{broken}: not valid TOML (") and str(caught.value).endswith(
+        "). Fix the syntax.")
+    invalid = tmp_path / "invalid.toml"
+    invalid.write_text('method = "mean"\n')
+    with pytest.raises(UserError) as caught:
+        load_blend_recipe(invalid)
+    assert str(caught.value).startswith(f"{invalid}: invalid blend recipe:\n  - give exactly one of")
+    unnamed = tmp_path / "my_blend.toml"
+    unnamed.write_text('members = ["a.csv"]\n')
+    assert load_blend_recipe(unnamed).name == "my_blend"
+
+
+def test_recipe_toml_text_word_for_word():
+    plain = BlendRecipe("w", "mean", (Member("a/x.csv"), Member("b/y.csv")))
+    assert blend_recipe_toml(plain) == 'name = "w"\nmethod = "mean"\nmembers = [\n    "a/x.csv",\n    "b/y.csv",\n]\n'
+    doubled = BlendRecipe("w", "geomean", (Member("a/x.csv", 2.0), Member("b/y.csv", 2.0)))  # equal, but not 1
+    assert blend_recipe_toml(doubled, "two\nlines") == (
+        '# two\n# lines\nname = "w"\nmethod = "geomean"\nmembers = [\n    { path = "a/x.csv", weight = 2 },\n'
+        '    { path = "b/y.csv", weight = 2 },\n]\n')
+    solutions = BlendRecipe("s", "rank", (Member("a", 3.0, True), Member("b", 0.5, True)))
+    assert blend_recipe_toml(solutions) == 'name = "s"\nmethod = "rank"\n\n[solutions]\na = 3\nb = 0.5\n'
+    with pytest.raises(ValueError, match="^a recipe mixes solutions and single files; TOML recipes hold one kind$"):
+        blend_recipe_toml(BlendRecipe("m", "mean", (Member("a", 1.0, True), Member("b.csv"))))
+
+
+def test_blend_refusals_word_for_word(tmp_path):
+    write_probs(tmp_path / "a/best_model_fold1.csv", random_probs(4, 0))
+    recipe = files_recipe("a/best_model_fold1.csv", "b/best_model_fold2.csv")
+    with pytest.raises(UserError) as caught:
+        blend(recipe, tmp_path)  # allow_missing is off unless asked for
+    assert str(caught.value) == (
+        f"1 of 2 blend members are missing under {tmp_path}:\n  - b/best_model_fold2.csv\nCheck --root and the "
+        "member names, or pass --allow-missing to blend the members that exist (the result then differs from "
+        "the full blend).")
+    with pytest.raises(UserError) as caught:
+        blend(files_recipe("x/best_model_fold1.csv"), tmp_path, allow_missing=True)
+    assert str(caught.value) == (f"1 of 1 blend members are missing under {tmp_path}:\n  - x/best_model_fold1.csv\n"
+                                 "No member exists; check --root.")
+    with pytest.raises(UserError) as caught:
+        blend(recipe, tmp_path / "nowhere")
+    assert str(caught.value) == (f"--root {tmp_path / 'nowhere'}: folder not found. Point it at the folder "
+                                 "holding the members.")
+    with pytest.raises(UserError) as caught:
+        blend(BlendRecipe("x", "median", recipe.members), tmp_path)
+    assert str(caught.value) == "unknown blend method 'median'; choose one of: mean, geomean, rank."
+
+
+def test_allow_missing_reports_the_members_actually_blended(tmp_path):
+    probs = random_probs(6, 1)
+    write_probs(tmp_path / "a/best_model_fold1.csv", probs)
+    recipe = parse_blend_recipe({"members": ["a/best_model_fold1.csv", {"path": "b/best_model_fold2.csv",
+                                                                      "weight": 2}], "name": "pair"}, "r.toml")
+    result = blend(recipe, tmp_path, allow_missing=True)
+    assert result.recipe == BlendRecipe("pair", "mean", (Member("a/best_model_fold1.csv"),))
+    assert result.missing == ("b/best_model_fold2.csv",)
+    assert [(report.member, report.agreement, report.rows_changed) for report in result.reports] == [
+        (Member("a/best_model_fold1.csv"), 1.0, None)]
+
+
+def test_blend_geomean_scores_are_probabilities(tmp_path):
+    members = [random_probs(12, seed) for seed in (2, 3)]
+    for k, probs in enumerate(members):
+        write_probs(tmp_path / f"m{k}/best_model_fold1.csv", probs)
+    result = blend(files_recipe("m0/best_model_fold1.csv", "m1/best_model_fold1.csv", method="geomean"), tmp_path)
+    np.testing.assert_allclose(result.scores, combine(members, [1, 1], "geomean"), rtol=1e-12)
+    np.testing.assert_allclose(result.scores.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_member_file_problems_word_for_word(tmp_path):
+    write_probs(tmp_path / "a/best_model_fold1.csv", random_probs(3, 0))
+    write_probs(tmp_path / "b/best_model_fold1.csv", random_probs(3, 1), ids=[0, 1, 7])
+    with pytest.raises(UserError) as caught:
+        blend(files_recipe("a/best_model_fold1.csv", "b/best_model_fold1.csv"), tmp_path)
+    assert str(caught.value).endswith("\nEvery member must hold exactly the same IDs; regenerate or replace this file.")
+    for name in ("c", "d"):
+        frame = probs_frame(3)
+        frame.loc[0, "2"] = -1.0
+        (tmp_path / name).mkdir()
+        frame.to_csv(tmp_path / name / "best_model_fold1.csv", index=False)
+    alone = {}
+    for name in ("c", "d"):  # a sole invalid file: its own error, nothing else
+        with pytest.raises(UserError) as caught:
+            blend(files_recipe(f"{name}/best_model_fold1.csv"), tmp_path)
+        alone[name] = str(caught.value)
+        assert f"{name}/best_model_fold1.csv" in alone[name] and "input files are invalid" not in alone[name]
+    with pytest.raises(UserError) as caught:
+        blend(files_recipe("c/best_model_fold1.csv", "d/best_model_fold1.csv"), tmp_path)
+    assert str(caught.value) == f"2 of the blend's input files are invalid:\n\n{alone['c']}\n\n{alone['d']}"
+
+
+def test_submission_frame_in_id_order_in_a_given_order_and_with_scores(tmp_path):
+    probs = random_probs(4, 5)
+    write_probs(tmp_path / "a/best_model_fold1.csv", probs[[2, 0, 3, 1]], ids=[2, 0, 3, 1])
+    result = blend(files_recipe("a/best_model_fold1.csv"), tmp_path)
+    frame = submission_frame(result)
+    assert list(frame.columns) == ["ID", "TARGET"]
+    assert frame["ID"].tolist() == [0, 1, 2, 3] and frame["TARGET"].tolist() == probs.argmax(axis=1).tolist()
+    order = np.array([3, 1, 0, 2])
+    scored = submission_frame(result, order, with_scores=True)
+    assert list(scored.columns) == ["ID", "TARGET", *PROB_COLUMNS]
+    assert scored["ID"].tolist() == order.tolist()
+    np.testing.assert_allclose(scored[PROB_COLUMNS].to_numpy(), probs[order] / probs[order].sum(axis=1, keepdims=True),
+                               rtol=1e-12)
+    with pytest.raises(UserError) as caught:
+        submission_frame(result, np.array([0, 1, 2, 9]))
+    assert str(caught.value) == ("the blended members (4 rows) and --ids (4 rows) hold different ID sets:\n"
+                                 "  - 1 ID(s) only in --ids, first: 9\n  - 1 ID(s) only in the blended members, first: 3"
+                                 "\n--ids must list exactly the IDs of the members.")
+
+
+def test_member_spaces_keep_float64_and_their_shape():
+    two_rows = np.array([[0.3, 0.7], [0.6, 0.4]])
+    np.testing.assert_array_equal(member_space(two_rows, "rank"), [[0.0, 1.0], [1.0, 0.0]])
+    one_row = member_space(two_rows[:1], "rank")
+    assert one_row.shape == (1, 2) and not one_row.any()
+    single = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], dtype=np.float32)
+    mean = combine([single], [1], "mean")
+    assert mean.dtype == np.float64
+    np.testing.assert_array_equal(mean, single.astype(np.float64) / single.astype(np.float64).sum(axis=1,
+                                                                                                   keepdims=True))
+
+
+def test_finish_is_a_row_wise_softmax_that_never_overflows():
+    averaged = np.array([[0.0, -1000.0], [-1000.0, -1001.0], [800.0, 799.0]])
+    second = np.exp(-1.0) / (1 + np.exp(-1.0))
+    np.testing.assert_allclose(finish(averaged, "geomean"), [[1.0, 0.0], [1 - second, second], [1 - second, second]],
+                               rtol=1e-12, atol=1e-300)
+    assert finish(averaged, "mean") is averaged and finish(averaged, "rank") is averaged

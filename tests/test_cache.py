@@ -296,3 +296,24 @@ def test_a_builder_removes_only_temporaries_of_killed_builds(tmp_path):
     load(paths, cache_dir)
     assert elsewhere_live.exists() and here_live.exists()
     assert not elsewhere_old.exists() and not here_dead.exists()
+
+
+def test_a_file_system_without_locks_still_builds_and_reuses_the_entry(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # NFS mounted without a lock daemon
+    paths = write_clips(tmp_path / "audio", count=3)
+    assert np.array_equal(np.asarray(load(paths, tmp_path / "cache").waveforms), decoded(paths))
+    monkeypatch.setattr(cache_module, "load_clip", CountingDecoder(fail=True))  # verified, not rebuilt
+    assert np.array_equal(np.asarray(load(paths, tmp_path / "cache").waveforms), decoded(paths))
+
+    def broken(fd, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", broken)  # any other failure is not taken for "no locks here"
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        load(paths, tmp_path / "cache")

@@ -131,13 +131,19 @@ def test_graph_over_the_threshold_keeps_its_weights_beside_it_with_parity(baseli
     assert sorted(path.name for path in tmp_path.iterdir()) == ["large.onnx"]
 
 
+@pytest.mark.parametrize("earlier_export", [False, True])
 @pytest.mark.parametrize("failing_rename", [1, 2])
-def test_interrupted_large_export_leaves_neither_file(baseline_export, tmp_path, monkeypatch, failing_rename):
+def test_interrupted_large_export_leaves_neither_file(baseline_export, tmp_path, monkeypatch, failing_rename,
+                                                      earlier_export):
     import onnx
 
     import core.export as export_module
 
     proto = onnx.load(str(baseline_export[1]))
+    if earlier_export:  # a complete earlier large export at the same path: neither of its files may stay alone
+        export_module.write_model(onnx.load(str(baseline_export[1])), tmp_path / "large.onnx",
+                                  external_data_threshold=1)
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["large.onnx", "large.onnx.data"]
     real_replace, calls = export_module.os.replace, []
 
     def interrupted_replace(source, target):

@@ -310,3 +310,37 @@ def test_sam_steps_keep_gradients_unless_asked_to_zero_them():
     assert all(p.grad is not None and p.grad.any() for p in params)
     sam.second_step()
     assert all(p.grad is not None and p.grad.any() for p in params)
+
+
+# ------------------------------------------------- SAM's bookkeeping (found by mutation testing, RELIABILITY.md 5)
+
+def test_every_gradient_tensor_counts_once_in_the_global_norm_and_the_perturbation():
+    grads = [np.array([3.0, -1.0]), np.array([0.5]), np.array([-2.0, 2.0, 1.0]), np.array([4.0])]
+    params = [torch.nn.Parameter(torch.zeros(len(g), dtype=torch.float64)) for g in grads]
+    sam = SAM(params, torch.optim.SGD, rho=0.2, lr=0.1)
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = torch.from_numpy(grad.copy())
+    norm = np.sqrt(sum((g ** 2).sum() for g in grads))  # sqrt(35.25), over all four tensors
+    assert sam.grad_norm().item() == pytest.approx(norm, rel=1e-12)
+    sam.first_step()
+    assert_all_close(values(params), [0.2 * g / (norm + 1e-12) for g in grads])
+
+
+def test_restore_before_any_first_step_changes_nothing():
+    params = fresh_params()
+    SAM(params, torch.optim.SGD, rho=0.1, lr=0.1).restore()
+    assert_all_close(values(params), list(START))
+
+
+def test_a_parameter_that_changed_shape_gets_a_new_saved_copy():
+    param = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    sam = SAM([param], torch.optim.SGD, rho=0.1, lr=0.1)
+    param.grad = torch.ones(3, dtype=torch.float64)
+    sam.first_step()
+    sam.restore()
+    param.data = torch.tensor([5.0, -1.0, 0.5, 2.0, 8.0], dtype=torch.float64)  # e.g. a layer resized in place
+    param.grad = torch.full((5,), 2.0, dtype=torch.float64)
+    sam.first_step()
+    assert not torch.equal(param.detach(), torch.tensor([5.0, -1.0, 0.5, 2.0, 8.0], dtype=torch.float64))
+    sam.restore()
+    assert torch.equal(param.detach(), torch.tensor([5.0, -1.0, 0.5, 2.0, 8.0], dtype=torch.float64))

@@ -336,13 +336,6 @@ def test_concat_fusion_feeds_the_hand_mixed_salience_vector_to_the_classifier():
     torch.testing.assert_close(captured["input"][:, 1024:], expected)
 
 
-def test_embedding_mixup_carries_gradient_to_both_rows():
-    embedding = SalienceEmbedding(3, padding_row=False)
-    embedding(torch.tensor([1, 2]), (0.25, torch.tensor([1, 0]))).sum().backward()
-    # each row appears with weight lam and (1 - lam): total 1 per output column
-    torch.testing.assert_close(embedding.embedding.weight.grad, torch.ones(2, 3))
-
-
 @pytest.mark.parametrize("name", ["resnet34_salience_fusion_film_attention",
                                   "resnet34_mr_salience_fusion_film_attention"])
 def test_film_salience_embedding_receives_gradient(name):

@@ -184,3 +184,18 @@ def test_geomean_rank_and_leave_one_out_against_numpy_by_hand():
                                                                      int((alone[0] != blended).sum())]
     with pytest.raises(ValueError, match="one weight per member"):
         weighted_mean(spaces, [1.0])
+
+
+# ----------------------------------------------- the leakage guard for groups (per_class=False: ESC-50's src_file)
+
+def test_per_recording_groups_leak_across_classes_and_into_the_test_split():
+    table = labelled([(100, 3, 1), (100, 5, 4), (200, 1, 2), (200, 1, 2), (pd.NA, 2, 1), (pd.NA, 2, 3)])
+    assert fold_leakage(table, None, per_class=False) == ("1 recording(s) appear in more than one fold (first: "
+                                                          "recording '100' in folds 1,4)")
+    assert fold_leakage(table, None) is None  # per class, 100's two classes each stay in their fold
+    test = pd.DataFrame({"recording": pd.array([200, 300, pd.NA, 100], dtype="Int64")})
+    assert fold_leakage(table.iloc[2:], test, per_class=False) == (
+        "1 test recording(s) also appear in the training folds (first: recording '200')")
+    assert fold_leakage(labelled([(100, 3, 1), (200, 1, 2)]), test, per_class=False) == (
+        "2 test recording(s) also appear in the training folds (first: recording '100'; recording '200')")
+    assert fold_leakage(labelled([(400, 3, 1)]), test, per_class=False) is None

@@ -1,10 +1,19 @@
 """Vectorised trainable PCEN against the reference recursion written as a plain loop over frames."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.model.pcen import TrainablePCEN, pcen, pcen_loop, smooth, smoother_coefficient
+from core.model.pcen import (
+    DELTA_FLOOR,
+    TrainablePCEN,
+    constrained,
+    pcen,
+    pcen_loop,
+    smooth,
+    smoother_coefficient,
+)
 
 S_FLOAT32 = float(torch.tensor(320 / (32000 * 0.06)))  # the reference's float32 buffer value of 1/6
 
@@ -147,3 +156,103 @@ def test_the_inference_paths_equal_the_fused_kernel():
     for ops in ("plain", "loop"):
         pcen_module.ops = ops
         torch.testing.assert_close(pcen_module(energy), fused, atol=2e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ found by mutation testing (RELIABILITY.md 5)
+
+def test_module_defaults_are_the_reference_settings_and_float64_energy_stays_float64():
+    """The module's float32 scalars and float32 buffer s on float64 energy: the reference PCEN (alpha .98, delta 2,
+    r .5, eps 1e-6, no denominator eps) computed in float64 throughout, with no warning on the way."""
+    import warnings
+
+    module = TrainablePCEN(smoother_coefficient(320, 32000, 0.06))
+    assert (module.eps, module.denominator_eps) == (1e-6, 0.0)
+    energy = mel_energy(batch=1, n_mels=8, seconds=1.0).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = module(energy)
+    assert [p.item() for p in (module.alpha, module.delta, module.r)] == [pytest.approx(v, rel=1e-7)
+                                                                          for v in (0.98, 2.0, 0.5)]
+    # The constraints apply to the float32 scalars (delta' = |delta| + 1e-6 rounded to float32); from there on
+    # everything is float64. The loop gets raw float64 values that its own constraints map onto those.
+    alpha, delta, r = (p.detach().double() for p in constrained(module.alpha, module.delta, module.r))
+    reference = pcen_loop(energy, float(module.s), alpha, delta - DELTA_FLOOR, r, eps=1e-6, denominator_eps=0.0)
+    assert ours.dtype == torch.float64
+    assert (ours - reference).abs().max() <= 1e-12
+
+
+def test_a_denominator_eps_of_one_is_used_not_dropped():
+    energy = mel_energy(batch=1, n_mels=8, seconds=0.5).double()
+    for denominator_eps in (1.0, 0.25):
+        ours = pcen(energy, S_FLOAT32, *scalars(), denominator_eps=denominator_eps)
+        reference = pcen_loop(energy, S_FLOAT32, *scalars(), denominator_eps=denominator_eps)
+        assert (ours - reference).abs().max() <= 1e-12
+
+
+def test_smoother_runs_along_the_last_axis_of_any_shape():
+    energy = torch.rand(2, 3, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(smooth(energy, 0.2), loop_smoother(energy, 0.2), rtol=0, atol=1e-12)
+
+
+def test_smoother_matrix_is_built_in_float64_from_a_python_float():
+    from core.model.pcen import smoother_matrix
+
+    s, frames = 1 / 6, 300
+    steps = np.arange(frames)
+    gaps = steps[None, :] - steps[:, None]
+    expected = np.where(gaps >= 0, s * (1 - s) ** np.maximum(gaps, 0), 0.0)
+    expected[0] = (1 - s) ** steps
+    matrix = smoother_matrix(s, frames)
+    assert matrix.dtype == torch.float32
+    np.testing.assert_allclose(matrix.numpy(), expected.astype(np.float32), rtol=2e-7, atol=0)
+
+
+def test_smoother_coefficient_of_one_is_allowed_and_outside_0_1_refused():
+    energy = torch.rand(1, 4, 30, generator=torch.Generator().manual_seed(5)) + 0.1
+    module = TrainablePCEN(1.0)  # s = 1: M = E, no smoothing
+    torch.testing.assert_close(module(energy), pcen_loop(energy, 1.0, module.alpha, module.delta, module.r))
+    for s in (1.5, 2.0, -0.1):
+        with pytest.raises(ValueError) as refused:
+            TrainablePCEN(s)
+        assert str(refused.value) == f"PCEN smoother coefficient s must be in (0, 1], got {s}; check hop, sample rate and T"
+
+
+def test_each_ops_runs_its_own_path_and_an_unknown_one_is_refused():
+    from core.model.pcen import pcen_plain, smoother_matrix
+
+    module = TrainablePCEN(S_FLOAT32, denominator_eps=1e-6)
+    assert module.ops == "fused"
+    energy = torch.rand(2, 16, 101, generator=torch.Generator().manual_seed(6)) * 5
+    params = (module.alpha, module.delta, module.r)
+    with torch.no_grad():
+        expected = {
+            "fused": pcen(energy, module.s, *params, 1e-6, 1e-6),
+            "plain": pcen_plain(energy, smoother_matrix(module.s, 101), *params, 1e-6, 1e-6),
+            "loop": pcen_loop(energy, float(module.s), *params, 1e-6, 1e-6),
+        }
+        for ops, values in expected.items():
+            module.ops = ops
+            assert torch.equal(module(energy), values), ops
+        assert not torch.equal(expected["fused"], expected["plain"])  # the paths differ in the last bits
+        module.ops = "fast"
+        with pytest.raises(ValueError, match=r"^TrainablePCEN.ops is 'fast'; use 'fused', 'plain' or 'loop'$"):
+            module(energy)
+    assert repr(TrainablePCEN(1 / 6)) == "TrainablePCEN(s=0.166667, eps=1e-06, denominator_eps=0)"
+
+
+def test_the_fused_module_refuses_energy_with_a_gradient_word_for_word():
+    message = r"^PCEN treats the mel energy as a constant: compute it under torch\.no_grad\(\)$"
+    with pytest.raises(ValueError, match=message):
+        TrainablePCEN(S_FLOAT32)(torch.rand(1, 4, 10, requires_grad=True))
+
+
+def test_padding_never_leaks_even_from_buffers_that_start_as_nan(monkeypatch):
+    """The fused kernel's chunk buffers come from new_empty (whatever memory held before): their zero padding
+    must be written, or a NaN there would leak through the block product into real frames."""
+    real_new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *size, **kwargs: real_new_empty(
+        self, *size, **kwargs).fill_(float("nan")))
+    energy = torch.rand(40, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(7))  # rows > frames
+    ours = pcen(energy, S_FLOAT32, *scalars(), chunk_elements=1 << 20)
+    assert torch.isfinite(ours).all()
+    assert (ours - pcen_loop(energy, S_FLOAT32, *scalars())).abs().max() <= 1e-12

@@ -83,3 +83,30 @@ def test_demo_results_are_kept_apart_and_params_changes_are_printed_and_recorded
     code, report = run_cli(tmp_path, "report", "--solutions", Path("solutions") / "demo")
     assert code == 0, report
     assert SOLUTION in report and "partial" in report
+
+
+def test_train_skip_bad_audio_records_and_prints_what_the_test_scores_cover(tiny_data, tmp_path):
+    from rich.console import Console
+
+    from core.train.options import TrainOptions
+    from core.train.report import print_summary
+    from core.train.solution import train_solution
+
+    data = shutil.copytree(tiny_data, tmp_path / "data")
+    source = load_source(data)
+    broken = Path(source.test["path"].iloc[3])
+    broken.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
+    test_clips = len(source.test) - 1
+    out = tmp_path / "out"
+    options = TrainOptions(out=out, submissions=tmp_path / "subs", folds=(1,), epochs=1, device="cpu",
+                           precision="fp32", progress=False, max_clips_per_fold=1, skip_bad_audio=True)
+    summary = train_solution(tiny(SOLUTION).derive(training=dict(batch_size=8)), load_source(data), options)
+    assert (summary.test_clips, summary.skipped_clips) == (test_clips, 1)
+    saved = json.loads((out / "summary.json").read_text())
+    assert (saved["test_clips"], saved["skipped_test_clips"]) == (test_clips, 1)
+    assert broken.as_posix() in set(pd.read_csv(out / "skipped_audio.csv")["path"])
+    assert len(pd.read_csv(tmp_path / "subs" / f"{SOLUTION}.csv")) == test_clips
+    console = Console(record=True, width=400)
+    print_summary(summary, console)
+    assert (f"Test scores cover {test_clips} clips: 1 unreadable clip(s) were skipped (--skip-bad-audio), listed in "
+            f"{out / 'skipped_audio.csv'}") in console.export_text()

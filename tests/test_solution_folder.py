@@ -31,3 +31,20 @@ def test_no_other_module_builds_or_parses_solution_folder_names():
                  for path in sorted((REPO / "core").rglob("*.py")) if path.name != "solution_folder.py"
                  for number, line in enumerate(path.read_text().splitlines(), 1) if BUILDS_OR_PARSES.search(line)]
     assert offenders == []
+
+
+def test_a_result_file_that_is_not_a_json_object_is_a_user_error_naming_it(tmp_path):
+    import pytest
+
+    from core.errors import UserError
+
+    folder = SolutionFolder(tmp_path)
+    for text, problem in (("{\"fold\": 3,", "not valid JSON (Expecting"), ("[3]", "not a JSON object")):
+        folder.result(3).write_text(text)
+        with pytest.raises(UserError) as refused:
+            folder.read_result(3)
+        message = str(refused.value)
+        assert message.startswith(f"{folder.result(3)}: {problem}") and len(message.splitlines()) == 1
+        assert message.endswith("Restore it, or delete it to train fold 3 again.")
+    folder.result(3).write_text('{"fold": 3}')
+    assert folder.read_results() == {3: {"fold": 3}}

@@ -18,6 +18,7 @@ Location: `cache_dir` argument (`--cache-dir`), else $US8K_CACHE_DIR, else <repo
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,10 +27,11 @@ import socket
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -50,6 +52,7 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504; louder float audio is cl
 CHECKSUM_CHUNK_BYTES = 64 * 2 ** 20  # the array is checksummed in slices of this size (bounded memory)
 STALE_TEMP_SECONDS = 24 * 3600  # another builder's temporary untouched this long belongs to a killed build
 BUILD_ATTEMPTS = 3         # builds per call before concurrent builders that disagree become an error
+NO_LOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})  # flock unsupported here
 MIN_FILES_FOR_POOL = 256    # below this, worker start-up costs more than it saves (auto workers only)
 
 
@@ -99,11 +102,24 @@ def load_waveforms(paths: Sequence[str | Path], sample_rate: int, num_samples: i
         return WaveformCache(np.zeros((0, num_samples), dtype=DTYPE), [], {})
     folder = _usable_folder(Path(cache_dir) if cache_dir is not None else default_cache_dir())
     entry = CacheEntry.for_files(folder, path_strings, sample_rate, num_samples)
-    with exclusive_lock(entry.lock_path):  # saves duplicate work on this machine; not needed for correctness
+    with _builder_lock(entry.lock_path):  # saves duplicate work on this machine; not needed for correctness
         waveforms, bad = _open_or_build(entry, path_strings, progress=progress, workers=workers, console=console)
     if bad and not skip_bad:
         raise BadAudioError(bad)
     return WaveformCache(waveforms, path_strings, bad)
+
+
+@contextlib.contextmanager
+def _builder_lock(lock_path: Path) -> Iterator[None]:
+    """This machine's lock on a cache entry. Where the file system offers no locks at all (NFS without a
+    lock daemon: ENOLCK), go on without it: correctness rests on the files (own temporaries, checksum)."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(lock_path))
+        except OSError as error:
+            if error.errno not in NO_LOCK_ERRNOS:
+                raise
+        yield
 
 
 def _open_or_build(entry: CacheEntry, paths: list[str], *, progress: bool, workers: int | None,
@@ -141,7 +157,7 @@ class CacheEntry:
     sample_rate: int
 
     @classmethod
-    def for_files(cls, folder: Path, paths: list[str], sample_rate: int, num_samples: int) -> "CacheEntry":
+    def for_files(cls, folder: Path, paths: list[str], sample_rate: int, num_samples: int) -> CacheEntry:
         """The entry for this file list: named by (absolute paths, rate, length), keyed also by sizes and mtimes."""
         absolute = [os.path.abspath(path) for path in paths]
         identity = _digest({"format": FORMAT_VERSION, "paths": absolute, "sample_rate": sample_rate,
@@ -266,7 +282,7 @@ def _decode_all(array_path: Path, paths: list[str], shape: tuple[int, int], samp
                     advance(len(part))
         else:
             with process_pool(workers, initializer=_init_worker) as pool:
-                for part, result in zip(chunks, pool.imap(task, chunks)):
+                for part, result in zip(chunks, pool.imap(task, chunks), strict=True):
                     reasons.update(result)
                     advance(len(part))
     return reasons

@@ -235,7 +235,7 @@ def smoother_matrix(s: Tensor | float, frames: int) -> Tensor:
     1 <= k <= t. Built in float64 from tensor ops only (no .item(): exporters trace it as constants);
     tiny powers are flushed to 0 as in the blocked scan.
     """
-    s = torch.as_tensor(s).detach().to(torch.float64)
+    s = torch.as_tensor(s, dtype=torch.float64).detach()  # a Python float keeps its float64 precision
     decay = 1.0 - s
     steps = torch.arange(frames, dtype=torch.float64, device=s.device)
     gaps = steps[None, :] - steps[:, None]                                   # t - k
@@ -275,12 +275,14 @@ class TrainablePCEN(nn.Module):
 
     def forward(self, energy: Tensor) -> Tensor:
         """energy: non-negative mel magnitudes [..., F, T] without grad. Returns PCEN of the same shape."""
+        if self.ops == "fused":
+            return pcen(energy, self.s, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
         if self.ops == "plain":
             matrix = smoother_matrix(self.s, energy.shape[-1])
             return pcen_plain(energy, matrix, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
         if self.ops == "loop":
             return pcen_loop(energy, float(self.s), self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
-        return pcen(energy, self.s, self.alpha, self.delta, self.r, self.eps, self.denominator_eps)
+        raise ValueError(f"TrainablePCEN.ops is {self.ops!r}; use 'fused', 'plain' or 'loop'")
 
     def extra_repr(self) -> str:
         return f"s={float(self.s):.6g}, eps={self.eps:g}, denominator_eps={self.denominator_eps:g}"
