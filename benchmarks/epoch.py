@@ -3,7 +3,7 @@
     python benchmarks/epoch.py [--solution resnet34_pcen_sam_8fold] [--steps 20] [--warmup 3] [--batch N]
                                [--device auto] [--no-compile] [--quick]
 
-Both arms run the trainer's own SAM step (core.train.fold.sam_step: mixup, two passes, AdamW) of the
+Both arms run the trainer's own SAM step (core.train.trainer.sam_step: mixup, two passes, AdamW) of the
 solution's model at its reference batch size (--batch to override), on synthetic clips written
 as WAV files (UrbanSound8K's durations and formats: 22.05-48 kHz, mono and stereo, mostly 4 s):
 - ours: the float16 waveform cache (built once before timing, reported), the vectorised PCEN,
@@ -84,9 +84,9 @@ def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler)
     """Clips/s of `steps` SAM steps after `warmup` ones, over an iterator of (waveforms, labels, salience)."""
     import torch
 
-    from core.train.fold import sam_step
     from core.train.mixup import draw_mix
     from core.train.sam import SAM
+    from core.train.trainer import sam_step
 
     training = recipe.training
     sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, lr=training.lr,

@@ -39,10 +39,11 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from core import registry  # noqa: E402
 from core.model.network import build_model  # noqa: E402
 from core.recipe import Recipe  # noqa: E402
-from core.train.fold import Runtime, sam_step  # noqa: E402
+from core.train.fold import Runtime  # noqa: E402
 from core.train.mixup import Mix, mix_batch  # noqa: E402
 from core.train.precision import LossScaler  # noqa: E402
 from core.train.sam import SAM  # noqa: E402
+from core.train.trainer import sam_step  # noqa: E402
 
 SOLUTION = "resnet34_pcen_sam_8fold"
 TARGET_SHARE = 0.05

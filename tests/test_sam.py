@@ -94,7 +94,7 @@ def test_mix_batch_and_weighted_accuracy():
     logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])  # predicts 0, 1, 0
     targets = torch.tensor([0, 0, 1])
     # correct vs y: rows 0 -> 1; vs y[index] = [0, 1, 0]: all 3 -> 0.25*1 + 0.75*3
-    assert mixed_correct(logits, targets, mix) == pytest.approx(0.25 * 1 + 0.75 * 3)
+    assert mixed_correct(logits, targets, mix).item() == pytest.approx(0.25 * 1 + 0.75 * 3)
 
 
 def test_draw_mix_respects_alpha_and_probability():

@@ -131,21 +131,26 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
-def all_true(flag: torch.Tensor) -> bool:
-    """True when the 0-dim `flag` (1.0 / 0.0) is true on every rank: one host synchronisation."""
+def all_finite(flag: torch.Tensor) -> torch.Tensor:
+    """The 0-dim `flag` (1.0 / 0.0) as a bool tensor, true only if it is true on every rank; no host read.
+
+    Under NCCL the flag stays on the GPU and the all-reduce is queued like any kernel; gloo reduces
+    on the CPU (where the tensor already is in CPU runs).
+    """
     if current().enabled:
-        flag = flag.detach().float().reshape(1).to(_communication_device(), copy=True)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        reduced = flag.detach().float().reshape(1).to(_communication_device(), copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MIN)
+        flag = reduced.to(flag.device).reshape(())
+    return flag > 0
 
 
-def sum_over_replicas(values: list[float]) -> list[float]:
-    """Element-wise sums of `values` over all ranks (every rank gets them)."""
+def sum_over_replicas(totals: torch.Tensor) -> torch.Tensor:
+    """Element-wise sums of `totals` over all ranks (every rank gets them); one all-reduce, no host read."""
     if not current().enabled:
-        return list(values)
-    totals = torch.tensor(values, dtype=torch.float64, device=_communication_device())
-    dist.all_reduce(totals)
-    return totals.tolist()
+        return totals
+    reduced = totals.to(_communication_device(), copy=True)
+    dist.all_reduce(reduced)
+    return reduced.to(totals.device)
 
 
 def shard(rows: np.ndarray) -> np.ndarray:

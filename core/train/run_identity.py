@@ -22,10 +22,12 @@ NOT_COMPUTATIONAL = ("name", "parent", "summary", "demo")  # recipe fields that 
 NOT_PER_FOLD = ("training.folds", "training.epochs")        # which folds to train; epochs is its own field
 DATA_COLUMNS = ("slice_file_name", "fold", "classID", "salience")
 IDENTITY_KEY = "identity"
+# Fields added after outputs were first written: a stored identity without one had its default.
+ADDED_LATER = {"training.trainer": "sam", "accumulate": 1}
 
 # What to pass to get a stored value back, for the fields that a train option sets.
 OPTION_OF = {"epochs": "--epochs", "seed": "--seed", "precision": "--precision", "training.lr": "--lr",
-             "training.batch_size": "--batch-size", "protocol": "--protocol"}
+             "training.batch_size": "--batch-size", "protocol": "--protocol", "accumulate": "--accumulate"}
 
 
 @dataclass(frozen=True)
@@ -39,18 +41,19 @@ class RunIdentity:
 
     def differences(self, stored: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """(field, value here, value stored) of every field that differs, in name order."""
+        stored = {**{name: value for name, value in ADDED_LATER.items() if name in self.fields}, **stored}
         names = sorted(set(self.fields) | set(stored))
         return [(name, self.fields.get(name, "absent"), stored.get(name, "absent")) for name in names
                 if self.fields.get(name, "absent") != stored.get(name, "absent")]
 
 
 def run_identity(recipe: Recipe, *, fold: int, epochs: int, seed: int, protocol: str, processes: int,
-                 precision: str, train_table: pd.DataFrame) -> RunIdentity:
+                 precision: str, train_table: pd.DataFrame, accumulate: int = 1) -> RunIdentity:
     """The identity of fold training `fold`: computational recipe fields and run settings, data by content."""
     fields = {name: value for name, value in flatten(recipe.to_dict()).items()
               if name.split(".")[0] not in NOT_COMPUTATIONAL and name not in NOT_PER_FOLD}
     fields.update(solution=recipe.name, epochs=epochs, seed=seed, fold=fold, protocol=protocol, processes=processes,
-                  precision=precision, data=data_digest(train_table))
+                  precision=precision, accumulate=accumulate, data=data_digest(train_table))
     return RunIdentity(json.loads(json.dumps(fields, default=str)))  # tuples -> lists: as read back from JSON
 
 
