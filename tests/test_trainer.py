@@ -308,3 +308,115 @@ def test_a_nan_loss_skips_the_step_and_leaves_everything_as_it_was(source, tmp_p
     assert skipped == 1 and math.isfinite(loss)  # the first pass's loss still counts
     for key, value in trainer.parts.model.state_dict().items():
         assert torch.equal(value, weights[key]), key
+
+
+# ------------------------------------------------------------------ out of memory, --accumulate
+
+def out_of_memory_at(monkeypatch, epoch: int, step: int) -> None:
+    """FoldTrainer.training_step raises torch.OutOfMemoryError at `step` (1-based) of `epoch`."""
+    original = FoldTrainer.training_step
+    calls = {"epoch": 0, "step": 0}
+    original_epoch = FoldTrainer.train_epoch
+
+    def train_epoch(self, number):
+        calls["epoch"], calls["step"] = number, 0
+        return original_epoch(self, number)
+
+    def training_step(self, batch, rng, generator):
+        calls["step"] += 1
+        if (calls["epoch"], calls["step"]) == (epoch, step):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, batch, rng, generator)
+
+    monkeypatch.setattr(FoldTrainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(FoldTrainer, "training_step", training_step)
+
+
+def test_out_of_memory_is_answered_in_one_line_and_the_fold_resumes(source, tmp_path, monkeypatch):
+    from core.errors import UserError
+
+    recipe = shrunk("resnet34_pcen_sam_8fold")
+    options = options_for(tmp_path / "interrupted", epochs=2, max_clips_per_fold=2)  # 14 clips: 2 steps an epoch
+    data = prepare_data(recipe, source, options)
+    with monkeypatch.context() as patched:
+        out_of_memory_at(patched, epoch=2, step=2)
+        with pytest.raises(UserError) as refused:
+            train_fold(recipe, data, 1, options)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("fold 1, epoch 2: out of memory on cpu at batch size 8 (peak unknown allocated")
+    for option in ("--accumulate 2", "--batch-size 4", "--precision bf16", "rerunning resumes after epoch 1"):
+        assert option in message
+    assert torch.load(tmp_path / "interrupted" / "last_fold1.pt", weights_only=True)["epoch"] == 1
+
+    resumed = train_fold(recipe, data, 1, options)
+    straight_options = dataclasses.replace(options, out=tmp_path / "straight")
+    straight = train_fold(recipe, data, 1, straight_options)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    for key, value in torch.load(tmp_path / "straight" / "last_fold1.pt", weights_only=True)["model"].items():
+        assert torch.equal(value, torch.load(tmp_path / "interrupted" / "last_fold1.pt", weights_only=True)["model"][key])
+    assert [row["train_loss"] for row in resumed.history] == [row["train_loss"] for row in straight.history]
+
+
+def test_out_of_memory_through_the_cli_is_one_line_without_a_traceback(tiny_data, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from core.cli import main
+
+    out_of_memory_at(monkeypatch, epoch=1, step=1)
+    monkeypatch.setattr(sys, "argv", ["python -m core", "train", "resnet34_pcen_sam_8fold", "--data", str(tiny_data),
+                                      "--out", str(tmp_path / "out"), "--folds", "1", "--epochs", "1",
+                                      "--max-clips-per-fold", "1", "--batch-size", "4", "--device", "cpu",
+                                      "--precision", "fp32", "--no-progress"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    stderr = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "out of memory on cpu at batch size 4" in stderr and "--batch-size 2" in stderr
+    assert "no epoch finished yet" in stderr
+
+
+def test_accumulating_two_halves_takes_the_one_batch_step(source, tmp_path):
+    """--accumulate 2 vs 1 on one batch: the same SAM(SGD) update within float32 rounding.
+
+    The model runs in eval mode (BatchNorm on its running statistics, no SpecAugment): in training mode
+    BatchNorm would normalise each half over its own 4 clips, the one documented difference.
+    """
+    from core.model.network import build_model
+    from core.train.precision import LossScaler
+    from core.train.trainer import micro_batches, sam_micro_step
+
+    recipe = shrunk("resnet34_pcen_sam_8fold")
+    runtime = ready_trainer(recipe, source, tmp_path, max_clips_per_fold=1).runtime
+    torch.manual_seed(0)
+    model = build_model(recipe).eval()
+    generator = torch.Generator().manual_seed(1)
+    waveforms = 0.1 * torch.randn(8, recipe.frontend.num_samples, generator=generator)
+    labels, salience = torch.arange(8) % 10, torch.ones(8, dtype=torch.int64)
+    start = torch.cat([param.detach().flatten() for param in model.parameters()])
+    updates, outcomes = {}, {}
+    for parts in (1, 2):
+        copy_ = copy.deepcopy(model)
+        sam = SAM(copy_.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+        outcomes[parts] = sam_micro_step(copy_, sam, LossScaler(False),
+                                         micro_batches(waveforms, labels, salience, [None] * parts), recipe, runtime)
+        updates[parts] = torch.cat([param.detach().flatten() for param in copy_.parameters()]) - start
+    assert updates[1].norm() > 0 and bool(outcomes[2].taken)
+    assert (updates[2] - updates[1]).norm() <= 1e-5 * updates[1].norm()
+    assert outcomes[2].loss.item() == pytest.approx(outcomes[1].loss.item(), rel=1e-6)
+    assert outcomes[2].correct.item() == outcomes[1].correct.item()
+
+
+def test_accumulate_trains_and_is_part_of_the_run_identity(source, tmp_path):
+    from core.errors import UserError
+
+    recipe = shrunk("resnet34_pcen_sam_8fold")
+    options = options_for(tmp_path, max_clips_per_fold=1, accumulate=2)
+    data = prepare_data(recipe, source, options)
+    result = train_fold(recipe, data, 1, options)
+    assert result.identity.fields["accumulate"] == 2 and math.isfinite(result.history[0]["train_loss"])
+    with pytest.raises(UserError, match=r"accumulate: 1 here, 2 in last_fold1.pt \(pass --accumulate 2\)"):
+        train_fold(recipe, data, 1, dataclasses.replace(options, accumulate=1, epochs=2))
+    with pytest.raises(UserError, match="--accumulate 9 exceeds the batch of 8 clips"):
+        train_fold(recipe, data, 1, dataclasses.replace(options, accumulate=9))

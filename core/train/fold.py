@@ -134,6 +134,10 @@ class FoldSettings:
     @classmethod
     def resolve(cls, recipe: Recipe, options: TrainOptions) -> FoldSettings:
         training, replicas = recipe.training, distributed.current()
+        batch_size = distributed.per_replica_batch(training.batch_size, replicas)
+        if options.accumulate > batch_size:
+            raise UserError(f"--accumulate {options.accumulate} exceeds the batch of {batch_size} clips per process: "
+                            f"use --accumulate {batch_size} or less")
         return cls(epochs=training.epochs if options.epochs is None else options.epochs,
                    seed=training.seed if options.seed is None else options.seed,
                    batch_size=distributed.per_replica_batch(training.batch_size, replicas),

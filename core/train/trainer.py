@@ -380,7 +380,10 @@ class FoldTrainer:
         progress.start("epochs", settings.epochs, f"fold {fold} epochs")
         progress.advance("epochs", completed=state.epoch)
         for epoch in range(state.epoch + 1, settings.epochs + 1):
-            record = self.run_epoch(epoch, state)
+            try:
+                record = self.run_epoch(epoch, state)
+            except torch.OutOfMemoryError:
+                raise self.out_of_memory(epoch, state.epoch) from None  # the resume state still holds state.epoch
             if settings.writes:  # the best candidate (staged) -> history -> resume state -> the best published
                 write_csv(pd.DataFrame(state.history), self.folder.history(fold))
                 state.save(self.folder.resume(fold), self.recipe.name, identity, self)
@@ -391,6 +394,24 @@ class FoldTrainer:
         best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
         best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
         return FoldResult(fold, state.best_epoch, best, state.history, identity)
+
+    def out_of_memory(self, epoch: int, resumable_epoch: int) -> UserError:
+        """The one-line answer to running out of device memory in `epoch`: what was asked, what helps."""
+        device, options = self.runtime.device, self.options
+        batch = self.settings.batch_size
+        peak = (f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f} GiB" if device.type == "cuda" else "unknown")
+        helps = [f"--accumulate {2 * options.accumulate} (the same effective batch in less memory; BatchNorm then "
+                 f"sees {batch // (2 * options.accumulate)} clips)", f"--batch-size {max(batch // 2, 1)}"]
+        if self.runtime.precision == "fp32":
+            helps.append("--precision bf16 (or fp16 on GPUs before Ampere)")
+        if options.device_cache:
+            helps.append("--no-device-cache")
+        resume = (f"rerunning resumes after epoch {resumable_epoch}" if resumable_epoch else "no epoch finished yet")
+        parts = f" in {options.accumulate} parts" if options.accumulate > 1 else ""
+        return UserError(f"fold {self.fold}, epoch {epoch}: out of memory on {device} at batch size {batch}{parts} "
+                         f"(peak {peak} allocated by PyTorch). What helps: {', '.join(helps)}; {resume} "
+                         f"(--no-device-cache keeps the run's identity, the others change it: use another --out or "
+                         f"delete {self.folder.resume(self.fold).name})")
 
     def setup(self) -> None:
         """The fold's parts, its (DDP-wrapped) training model, the skip guard and the device cache."""
