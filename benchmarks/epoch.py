@@ -86,11 +86,12 @@ def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler)
 
     from core.train.mixup import draw_mix
     from core.train.sam import SAM
-    from core.train.trainer import sam_step
+    from core.train.trainer import SkipGuard, sam_step
 
     training = recipe.training
     sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, lr=training.lr,
               weight_decay=training.weight_decay)
+    guard = SkipGuard(model, sam)  # one per run, as the trainer keeps one per fold
     rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
     model.train()
     iterator = iter(batches)
@@ -104,7 +105,7 @@ def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler)
         labels = labels.to(runtime.device, non_blocking=True)
         salience = salience.to(runtime.device, non_blocking=True)
         mix = draw_mix(len(labels), recipe.augment.mixup_alpha, recipe.augment.mixup_prob, rng, generator)
-        sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
+        sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime, guard=guard)
         if step >= warmup:
             clips += len(labels)
     synchronise(runtime.device)

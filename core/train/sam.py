@@ -41,7 +41,6 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         self._saved_weights: dict[torch.Tensor, torch.Tensor] = {}  # reused buffers: w before first_step
         self._perturbed: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (params, saved) to restore
-        self.step_start: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (params, w) of the last first_step
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
@@ -59,7 +58,6 @@ class SAM(torch.optim.Optimizer):
                 if group["adaptive"]:
                     torch._foreach_mul_(steps, torch._foreach_pow(bucket.params, 2))
                 torch._foreach_add_(bucket.params, steps)
-        self.step_start = list(self._perturbed)  # still valid after restore(): a skipped step goes back to it
         if zero_grad:
             self.zero_grad()
 

@@ -104,52 +104,70 @@ class StepOutcome(NamedTuple):
 
 # ------------------------------------------------------------------------------------------ the step
 
+class _Mirror:
+    """Flat buffers mirroring a list of same-device, same-dtype tensors: `saved` (before a step) and `scratch`."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.tensors = tensors
+        total = sum(tensor.numel() for tensor in tensors)
+        self.saved = torch.empty(total, dtype=tensors[0].dtype, device=tensors[0].device)
+        self.scratch = torch.empty_like(self.saved)
+        sizes = [tensor.numel() for tensor in tensors]
+        self.saved_views = [part.view(tensor.shape) for part, tensor in zip(self.saved.split(sizes), tensors, strict=True)]
+        self.scratch_views = [part.view(tensor.shape) for part, tensor in
+                              zip(self.scratch.split(sizes), tensors, strict=True)]
+
+    def save(self) -> None:
+        torch._foreach_copy_(self.saved_views, self.tensors)
+
+    def keep_if(self, taken: torch.Tensor) -> None:
+        torch._foreach_copy_(self.scratch_views, self.tensors)
+        torch.where(taken.to(self.saved.device), self.scratch, self.saved, out=self.scratch)
+        torch._foreach_copy_(self.tensors, self.scratch_views)
+
+
 class SkipGuard:
     """Undoes a step on the device when its flag says it was not finite; no host read.
 
-    Before the step it copies the module's buffers (BatchNorm statistics) and the optimiser's state
-    into buffers allocated once; afterwards every one of them, and every parameter (against SAM's
-    copy of the weights before the perturbation), becomes torch.where(taken, new, old): exactly the
-    new value when the step is taken, exactly the old one when it is not. A state the optimiser
-    creates lazily in a skipped first step is set to zeros, which is AdamW's initial state.
+    Before the step it copies every parameter, module buffer (BatchNorm statistics) and optimiser
+    state tensor into flat buffers allocated once per kind (device, dtype); afterwards each of them
+    becomes torch.where(taken, new, old): exactly the new value when the step is taken, exactly the
+    old one when it is not. A handful of kernels per kind (copy in, where, copy back), not a few
+    per tensor. A state the optimiser creates lazily in a skipped first step is set to zeros,
+    which is AdamW's initial state.
     """
 
     def __init__(self, model: torch.nn.Module, sam: SAM) -> None:
-        self.buffers = list(model.buffers())
-        self.saved_buffers = [torch.empty_like(buffer) for buffer in self.buffers]
-        self.sam = sam
-        self.saved_state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        self.model, self.sam = model, sam
+        self.mirrors: list[_Mirror] = []
+        self.key: tuple[int, ...] = ()
+
+    def tracked(self) -> list[torch.Tensor]:
+        params = [param for group in self.sam.param_groups for param in group["params"]]
+        state = [value for param in params for value in self.sam.base_optimizer.state.get(param, {}).values()
+                 if isinstance(value, torch.Tensor)]
+        return [*params, *self.model.buffers(), *state]
 
     @torch.no_grad()
     def save(self) -> None:
-        if self.buffers:
-            torch._foreach_copy_(self.saved_buffers, self.buffers)
-        for group in self.sam.param_groups:
-            for param in group["params"]:
-                state = self.sam.base_optimizer.state.get(param, {})
-                saved = self.saved_state.setdefault(param, {})
-                for key, value in state.items():
-                    if isinstance(value, torch.Tensor):
-                        if key not in saved or saved[key].shape != value.shape:
-                            saved[key] = torch.empty_like(value)
-                        saved[key].copy_(value)
-                for key in [key for key in saved if key not in state]:
-                    del saved[key]
+        tensors = self.tracked()
+        key = tuple(id(tensor) for tensor in tensors)
+        if key != self.key:  # the first step, or a state the optimiser created since: new mirrors
+            kinds: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+            for tensor in tensors:
+                kinds.setdefault((tensor.device, tensor.dtype), []).append(tensor)
+            self.mirrors, self.key = [_Mirror(group) for group in kinds.values()], key
+        for mirror in self.mirrors:
+            mirror.save()
 
     @torch.no_grad()
     def keep_if(self, taken: torch.Tensor) -> None:
-        for buffer, saved in zip(self.buffers, self.saved_buffers, strict=True):
-            buffer.copy_(torch.where(taken, buffer, saved))
-        for params, weights_before in self.sam.step_start:
-            for param, before in zip(params, weights_before, strict=True):
-                param.copy_(torch.where(taken, param, before))
-        for param, state in self.sam.base_optimizer.state.items():
-            saved = self.saved_state.get(param, {})
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    before = saved.get(key)
-                    value.copy_(torch.where(taken.to(value.device), value,
-                                            before if before is not None else torch.zeros_like(value)))
+        for mirror in self.mirrors:
+            mirror.keep_if(taken)
+        known = set(self.key)
+        for tensor in self.tracked():
+            if id(tensor) not in known:  # created by this step (AdamW's lazy state): zeros unless taken
+                tensor.copy_(torch.where(taken.to(tensor.device), tensor, torch.zeros_like(tensor)))
 
 
 def default_objective(label_smoothing: float) -> Objective:
