@@ -8,7 +8,7 @@ torchrun puts RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each 
 environment; `init_from_environment` joins them into one process group (NCCL on CUDA, gloo on
 CPU). Without torchrun (WORLD_SIZE unset or 1) every function here is a no-op for one process.
 
-How training is distributed (the fold loop in core/train/fold.py):
+How training is distributed (the fold loop, core/train/trainer.py):
 - The recipe's batch size is the global batch: each of N replicas takes batch/N clips per step
   from a DistributedSampler shard, so N replicas train with the recipe's batch and learning rate.
 - SAM's first pass ALL-REDUCES its gradient (DDP's ordinary backward), so every replica perturbs

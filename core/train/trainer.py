@@ -39,6 +39,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.utils import clip_grad_norm_
 
 from core import atomic
 from core.atomic import write_csv
@@ -171,7 +172,7 @@ class SkipGuard:
 
 
 def default_objective(label_smoothing: float) -> Objective:
-    """The recipes' objective: mixup-weighted cross-entropy with the recipe's label smoothing."""
+    """The recipes' objective (FoldTrainer.compute_loss): mixup-weighted cross-entropy with label smoothing."""
     return lambda logits, labels, mix: mixed_cross_entropy(logits, labels, mix, label_smoothing)
 
 
@@ -207,9 +208,9 @@ def sam_micro_step(model: torch.nn.Module, sam: SAM, scaler: LossScaler, micro: 
     step still runs to its end and `guard` puts the weights, buffers and optimiser state back on the
     device; the scaler backs off. Under DDP both backward passes all-reduce (the perturbation is the
     global one, see core/train/distributed.py), and so does the finite flag, on the device.
+    Pass the same `guard` to every step (the trainer keeps one per fold): a new one allocates its
+    buffers again.
     """
-    from torch.nn.utils import clip_grad_norm_
-
     objective = objective or default_objective(recipe.training.label_smoothing)
     guard = guard or SkipGuard(model, sam)
     params = [p for group in sam.param_groups for p in group["params"]]
