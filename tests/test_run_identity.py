@@ -151,3 +151,15 @@ def test_a_precision_mismatch_says_which_precision_to_pin():
     message = str(refused.value)
     assert "precision: bf16 here, fp16 in last_fold3.pt (pass --precision fp16)" in message
     assert "seed" not in message and message.endswith("train fold 3 again.")
+
+
+def test_fields_added_later_read_as_their_defaults_in_older_identities():
+    """An identity stored before `accumulate` and `training.trainer` existed had K = 1 and the SAM trainer."""
+    here = RunIdentity({"fold": 3, "seed": 42, "accumulate": 1, "training.trainer": "sam"})
+    check_identity(here, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")  # accepted
+    accumulating = RunIdentity({**here.fields, "accumulate": 2})
+    with pytest.raises(UserError, match=r"accumulate: 2 here, 1 in last_fold3.pt \(pass --accumulate 1\)"):
+        check_identity(accumulating, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")
+    focal = RunIdentity({**here.fields, "training.trainer": "focal"})
+    with pytest.raises(UserError, match="training.trainer: focal here, sam in last_fold3.pt"):
+        check_identity(focal, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")
