@@ -3,7 +3,7 @@
     python benchmarks/epoch.py [--solution resnet34_pcen_sam_8fold] [--steps 20] [--warmup 3] [--batch N]
                                [--device auto] [--no-compile] [--quick]
 
-Both arms run the trainer's own SAM step (core.train.fold.sam_step: mixup, two passes, AdamW) of the
+Both arms run the trainer's own SAM step (core.train.trainer.sam_step: mixup, two passes, AdamW) of the
 solution's model at its reference batch size (--batch to override), on synthetic clips written
 as WAV files (UrbanSound8K's durations and formats: 22.05-48 kHz, mono and stereo, mostly 4 s):
 - ours: the float16 waveform cache (built once before timing, reported), the vectorised PCEN,
@@ -84,13 +84,14 @@ def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler)
     """Clips/s of `steps` SAM steps after `warmup` ones, over an iterator of (waveforms, labels, salience)."""
     import torch
 
-    from core.train.fold import sam_step
     from core.train.mixup import draw_mix
     from core.train.sam import SAM
+    from core.train.trainer import SkipGuard, sam_step
 
     training = recipe.training
     sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, lr=training.lr,
               weight_decay=training.weight_decay)
+    guard = SkipGuard(model, sam)  # one per run, as the trainer keeps one per fold
     rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
     model.train()
     iterator = iter(batches)
@@ -104,7 +105,7 @@ def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler)
         labels = labels.to(runtime.device, non_blocking=True)
         salience = salience.to(runtime.device, non_blocking=True)
         mix = draw_mix(len(labels), recipe.augment.mixup_alpha, recipe.augment.mixup_prob, rng, generator)
-        sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
+        sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime, guard=guard)
         if step >= warmup:
             clips += len(labels)
     synchronise(runtime.device)

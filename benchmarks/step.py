@@ -39,10 +39,11 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from core import registry  # noqa: E402
 from core.model.network import build_model  # noqa: E402
 from core.recipe import Recipe  # noqa: E402
-from core.train.fold import Runtime, sam_step  # noqa: E402
+from core.train.fold import Runtime  # noqa: E402
 from core.train.mixup import Mix, mix_batch  # noqa: E402
 from core.train.precision import LossScaler  # noqa: E402
 from core.train.sam import SAM  # noqa: E402
+from core.train.trainer import SkipGuard, sam_step  # noqa: E402
 
 SOLUTION = "resnet34_pcen_sam_8fold"
 TARGET_SHARE = 0.05
@@ -119,15 +120,17 @@ def _launch_counts_of(sam_cls: type, recipe: Recipe, size: int) -> dict[str, int
     sam = sam_cls(model.parameters(), torch.optim.AdamW, rho=recipe.training.rho, lr=recipe.training.lr,
                   weight_decay=recipe.training.weight_decay)
     scaler = LossScaler(enabled=False)
+    guard = SkipGuard(model, sam)  # the trainer keeps one per fold
 
     def step() -> object:
-        return sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
+        return sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime, guard=guard)
 
     def perturb_and_restore() -> None:
         sam.first_step()
         sam.restore()
 
     step()  # warm-up: AdamW's state and SAM's buffers exist from here on
+    step()  # and the skip guard's mirrors of that state
     model(waveforms, salience).logsumexp(1).mean().backward()
     return {"sam": top_level_calls(perturb_and_restore), "step": top_level_calls(step)}
 
@@ -158,9 +161,11 @@ def make_steps(recipe: Recipe, size: int, precision: str) -> dict[str, Callable[
                   for name, net in (("step", model), ("rest", rest_model))}
     scaler = LossScaler(enabled=precision == "fp16")
     gradient = torch.randn_like(features)
+    guards = {name: SkipGuard(net, optimisers[name]) for name, net in (("step", model), ("rest", rest_model))}
 
     def full_step() -> object:
-        return sam_step(model, optimisers["step"], scaler, waveforms, labels, salience, mix, recipe, runtime)
+        return sam_step(model, optimisers["step"], scaler, waveforms, labels, salience, mix, recipe, runtime,
+                        guard=guards["step"])
 
     def frontend_only() -> object:
         inputs = mix_batch(waveforms, mix)
@@ -170,7 +175,8 @@ def make_steps(recipe: Recipe, size: int, precision: str) -> dict[str, Callable[
         return output
 
     def rest_only() -> object:
-        return sam_step(rest_model, optimisers["rest"], scaler, waveforms, labels, salience, mix, recipe, runtime)
+        return sam_step(rest_model, optimisers["rest"], scaler, waveforms, labels, salience, mix, recipe, runtime,
+                        guard=guards["rest"])
 
     return {"step": full_step, "frontend": frontend_only, "rest": rest_only}
 

@@ -163,6 +163,7 @@ class Training(Checked):
     grad_clip: float = 0.0       # 0: no clipping
     drop_last: bool = False
     select_metric: SelectMetric = "accuracy"  # which validation score picks the best epoch
+    trainer: str = "sam"         # the registered trainer (core/train/trainer.py) whose loop and objective train it
     folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8)
     seed: int = 42
 

@@ -17,6 +17,7 @@ from conftest import tiny
 from core.data.metadata import load_source
 from core.metrics import Scores
 from core.train import fold as fold_module
+from core.train import trainer as trainer_module
 from core.train.options import TrainOptions
 from core.train.solution import train_solution
 
@@ -49,17 +50,17 @@ def kill_after(monkeypatch, target: str, epoch: int) -> None:
             return result
         return killing
 
-    original_score = fold_module.score
+    original_score = trainer_module.score
 
     def counting_score(*args, **kwargs):  # validation is the first thing of an epoch's bookkeeping
         calls["epoch"] += 1
         return original_score(*args, **kwargs)
 
-    monkeypatch.setattr(fold_module, "score", counting_score)
+    monkeypatch.setattr(trainer_module, "score", counting_score)
     if target == "staged best":
         monkeypatch.setattr(fold_module.checkpoint, "save_best", wrap(fold_module.checkpoint.save_best))
     elif target == "history":
-        monkeypatch.setattr(fold_module, "write_csv", wrap(fold_module.write_csv))
+        monkeypatch.setattr(trainer_module, "write_csv", wrap(trainer_module.write_csv))
     else:
         monkeypatch.setattr(fold_module.ResumeState, "save", wrap(fold_module.ResumeState.save))
 
@@ -74,14 +75,14 @@ def test_best_checkpoint_agrees_with_history_and_result_after_a_kill(tiny_data, 
     source = load_source(tiny_data)
 
     with monkeypatch.context() as patched:
-        patched.setattr(fold_module, "score", scripted_scores([0.5, 0.8]))
+        patched.setattr(trainer_module, "score", scripted_scores([0.5, 0.8]))
         kill_after(patched, target, epoch=2)
         with pytest.raises(Killed):
             train_solution(recipe, source, options)
     assert not (out / "result_fold1.json").exists()
 
     with monkeypatch.context() as patched:  # the replay of epoch 2 (if any) scores lower than the killed one
-        patched.setattr(fold_module, "score", scripted_scores([0.3, 0.4]))
+        patched.setattr(trainer_module, "score", scripted_scores([0.3, 0.4]))
         train_solution(recipe, source, options)
 
     best = torch.load(out / "best_model_fold1.pt", weights_only=True)

@@ -45,11 +45,12 @@ from core.export import export_onnx
 from core.model.network import build_model
 from core.train import checkpoint, distributed
 from core.train.data import ResidentBatches, WaveformDataset, make_loader, make_resident, prepare_data
-from core.train.fold import Runtime, build_on_device, sam_step, train_fold
+from core.train.fold import Runtime, build_on_device, train_fold
 from core.train.mixup import Mix
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler, configure_backends
 from core.train.sam import SAM
+from core.train.trainer import sam_step
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -104,8 +105,8 @@ def sgd_sam_update(model: torch.nn.Module, runtime: Runtime, rho: float = SAM_RH
     sam = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=SGD_LR)
     scaler = scaler or LossScaler(False)
     for _ in range(FP16_TRIES if scaler.enabled else 1):  # a skipped step leaves the weights as they were
-        _, _, ok = sam_step(model, sam, scaler, waveforms.to(device), labels.to(device), salience.to(device),
-                            Mix(mix.lam, mix.index.to(device)), recipe, runtime)
+        ok = bool(sam_step(model, sam, scaler, waveforms.to(device), labels.to(device), salience.to(device),
+                           Mix(mix.lam, mix.index.to(device)), recipe, runtime).taken)
         if ok:
             break
     return flat(model) - before, ok
@@ -139,9 +140,9 @@ def test_twenty_steps_under_the_default_lower_the_loss():
     waveforms, labels, salience = (tensor.cuda() for tensor in fixed_batch(recipe)[:3])
     losses = []
     for _ in range(20):
-        loss, _, ok = sam_step(model, sam, LossScaler(False), waveforms, labels, salience, None, recipe, runtime)
-        assert ok
-        losses.append(float(loss))
+        outcome = sam_step(model, sam, LossScaler(False), waveforms, labels, salience, None, recipe, runtime)
+        assert outcome.taken
+        losses.append(float(outcome.loss))
     assert all(math.isfinite(loss) for loss in losses)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses  # one fixed batch: it learns it
 
@@ -236,9 +237,9 @@ def nccl_free_step(model: torch.nn.Module, waveforms: torch.Tensor, labels: torc
     inner = model.module if hasattr(model, "module") else model
     sam = SAM(inner.parameters(), torch.optim.SGD, rho=SAM_RHO, lr=SGD_LR)
     torch.manual_seed(4)
-    _, _, ok = sam_step(model, sam, LossScaler(False), waveforms.to(device), labels.to(device), salience.to(device),
-                        Mix(MIX_LAMBDA, mix_index.to(device)), tiny_recipe(), runtime)
-    assert ok
+    outcome = sam_step(model, sam, LossScaler(False), waveforms.to(device), labels.to(device), salience.to(device),
+                       Mix(MIX_LAMBDA, mix_index.to(device)), tiny_recipe(), runtime)
+    assert outcome.taken
     return {name: param.detach().cpu().clone() for name, param in inner.named_parameters()}
 
 

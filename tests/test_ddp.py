@@ -29,10 +29,10 @@ from core.errors import UserError
 from core.model.network import build_model
 from core.train import distributed
 from core.train.distributed import Replicas
-from core.train.fold import sam_step
 from core.train.mixup import Mix
 from core.train.precision import LossScaler
 from core.train.sam import SAM
+from core.train.trainer import sam_step
 
 HALF = 4                                  # clips per rank in the SAM-step test; the global batch is 8
 HALF_MIX_INDEX = torch.tensor([2, 0, 3, 1])  # each rank's mixup partners (a permutation of its own clips)
@@ -84,9 +84,9 @@ def one_step(model: torch.nn.Module, waveforms: torch.Tensor, labels: torch.Tens
     parameters = model.module.parameters() if hasattr(model, "module") else model.parameters()
     sam = SAM(parameters, torch.optim.SGD, rho=0.05, lr=SGD_LR)
     torch.manual_seed(4)  # the same SpecAugment masks in every process (they are shared by a batch)
-    _, _, ok = sam_step(model, sam, LossScaler(False), waveforms, labels, salience, Mix(MIX_LAMBDA, mix_index),
-                        tiny_recipe(), CPU_FP32)
-    assert ok
+    outcome = sam_step(model, sam, LossScaler(False), waveforms, labels, salience, Mix(MIX_LAMBDA, mix_index),
+                       tiny_recipe(), CPU_FP32)
+    assert outcome.taken
     named = model.module.named_parameters() if hasattr(model, "module") else model.named_parameters()
     return {name: param.detach().clone() for name, param in named}
 

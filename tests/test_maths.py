@@ -238,8 +238,8 @@ def test_mixed_correct_and_mix_batch_against_their_formulas():
     predictions = logits.argmax(axis=1)
     expected = lam * (predictions == targets).sum() + (1 - lam) * (predictions == targets[index]).sum()
     mix = Mix(lam, torch.from_numpy(index))
-    assert mixed_correct(torch.from_numpy(logits), torch.from_numpy(targets), mix) == pytest.approx(expected)
-    assert mixed_correct(torch.from_numpy(logits), torch.from_numpy(targets), None) == (predictions == targets).sum()
+    assert mixed_correct(torch.from_numpy(logits), torch.from_numpy(targets), mix).item() == pytest.approx(expected)
+    assert mixed_correct(torch.from_numpy(logits), torch.from_numpy(targets), None).item() == (predictions == targets).sum()
     waveforms = rng.normal(size=(8, 16))
     np.testing.assert_allclose(mix_batch(torch.from_numpy(waveforms), mix).numpy(),
                                lam * waveforms + (1 - lam) * waveforms[index], rtol=1e-12)

@@ -175,3 +175,15 @@ def test_ten_fold_test_rows_are_aligned_on_slice_file_name_and_odd_clips_are_nam
         "24-1-0-2.wav); 1 extra slice_file_name(s) (1-1-0-0.wav); 1 repeated slice_file_name(s) (7061-6-0-0.wav). "
         "It was made with other test settings (--max-test-clips, --skip-bad-audio, data); delete "
         f"{folder.result(4)} to train fold 4 again.")
+
+
+def test_fields_added_later_read_as_their_defaults_in_older_identities():
+    """An identity stored before `accumulate` and `training.trainer` existed had K = 1 and the SAM trainer."""
+    here = RunIdentity({"fold": 3, "seed": 42, "accumulate": 1, "training.trainer": "sam"})
+    check_identity(here, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")  # accepted
+    accumulating = RunIdentity({**here.fields, "accumulate": 2})
+    with pytest.raises(UserError, match=r"accumulate: 2 here, 1 in last_fold3.pt \(pass --accumulate 1\)"):
+        check_identity(accumulating, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")
+    focal = RunIdentity({**here.fields, "training.trainer": "focal"})
+    with pytest.raises(UserError, match="training.trainer: focal here, sam in last_fold3.pt"):
+        check_identity(focal, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")

@@ -170,7 +170,7 @@ def test_resuming_from_another_runs_state_is_refused(tmp_path, tiny_data, model)
     out.mkdir()
     foreign = {"solution": OTHER, "fingerprint": "0123456789abcdef", "epoch": 1, "model": model.state_dict()}
     torch.save(foreign, out / "last_fold1.pt")
-    with isolated_run(tmp_path, stage="core.train.fold.run_epoch"):  # the state is checked before any step
+    with isolated_run(tmp_path, stage="core.train.trainer.FoldTrainer.train_epoch"):  # the state is checked before any step
         result = run_cli("train", SOLUTION, "--data", tiny_data, "--out", out, "--folds", "1", "--epochs", "1",
                          "--max-clips-per-fold", "1", "--device", "cpu", "--precision", "fp32", "--no-progress")
     assert_refused(result, "last_fold1.pt")

@@ -75,6 +75,16 @@ def test_loss_scaler_unscales_and_detects_overflow():
     assert scaler.scale == 512.0
 
 
+def test_loss_scaler_updates_on_the_device_from_a_flag():
+    """The trainer passes its device flag: the scale halves on a skip and doubles after growth_interval good steps."""
+    scaler = LossScaler(enabled=True, scale=4.0, growth_interval=2)
+    for taken, scale, good in [(True, 4.0, 1), (True, 8.0, 2), (True, 8.0, 3), (False, 4.0, 0), (True, 4.0, 1)]:
+        scaler.update(torch.tensor(taken))
+        assert isinstance(scaler.scale, torch.Tensor) and scaler.scale.item() == scale
+        assert int(scaler.good_steps) == good
+    assert scaler.state_dict() == {"scale": 4.0, "good_steps": 1}
+
+
 def test_mixed_cross_entropy_is_the_lambda_weighted_sum():
     torch.manual_seed(1)
     logits = torch.randn(4, 10)
@@ -94,7 +104,7 @@ def test_mix_batch_and_weighted_accuracy():
     logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0]])  # predicts 0, 1, 0
     targets = torch.tensor([0, 0, 1])
     # correct vs y: rows 0 -> 1; vs y[index] = [0, 1, 0]: all 3 -> 0.25*1 + 0.75*3
-    assert mixed_correct(logits, targets, mix) == pytest.approx(0.25 * 1 + 0.75 * 3)
+    assert mixed_correct(logits, targets, mix).item() == pytest.approx(0.25 * 1 + 0.75 * 3)
 
 
 def test_draw_mix_respects_alpha_and_probability():

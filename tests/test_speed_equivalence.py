@@ -31,12 +31,13 @@ from core.train.data import (
     prepare_data,
 )
 from core.train.distributed import Replicas
-from core.train.fold import Runtime, build_on_device, sam_step, train_fold
+from core.train.fold import Runtime, build_on_device, train_fold
 from core.train.mixup import Mix
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler
 from core.train.sam import SAM
 from core.train.solution import train_solution
+from core.train.trainer import sam_step
 
 TINY_SOLUTION = "tiny_speed"
 TINY_CHANGES = dict(
@@ -201,11 +202,11 @@ def one_sam_step(model: torch.nn.Module, recipe: Recipe, runtime: Runtime, scale
     decay = {"weight_decay": 1e-2} if base is torch.optim.AdamW else {}
     sam = SAM(model.parameters(), base, rho=0.05, lr=1e-3, **decay)
     torch.manual_seed(4)  # the same SpecAugment masks
-    loss, _, ok = sam_step(model.train(), sam, scaler or LossScaler(False), waveforms, labels, salience, mix,
-                           recipe, runtime)
+    outcome = sam_step(model.train(), sam, scaler or LossScaler(False), waveforms, labels, salience, mix,
+                       recipe, runtime)
     with torch.no_grad():
         logits = model.eval()(waveforms, salience)
-    return loss if ok else float("nan"), logits
+    return outcome.loss.item() if outcome.taken else float("nan"), logits
 
 
 def pass_one_gradients(model: torch.nn.Module, recipe: Recipe) -> torch.Tensor:
@@ -331,11 +332,13 @@ def test_fp16_overflow_in_either_pass_skips_the_whole_step():
     scaler = LossScaler(enabled=True, scale=2.0 ** 8)
     waveforms, labels, salience, mix = fixed_batch(recipe)
     sam = SAM(model.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-3)
-    loss, _, ok = sam_step(wrapped.train(), sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
-    assert wrapped.calls == 2 and not ok and np.isfinite(loss) and scaler.scale == 2.0 ** 7
+    outcome = sam_step(wrapped.train(), sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
+    assert wrapped.calls == 2 and not outcome.taken and outcome.counted and np.isfinite(outcome.loss.item())
+    assert scaler.scale == 2.0 ** 7
     for (name, param) in model.named_parameters():  # pass 1's perturbation was undone, nothing stepped
         assert torch.equal(param, before[name]), name
-    assert all(not state for state in sam.base_optimizer.state.values())
+    # AdamW's state is as a fresh optimiser's first step would create it: step 0, zero moments.
+    assert all(not value.any() for state in sam.base_optimizer.state.values() for value in state.values())
 
 
 def test_fp16_step_with_a_sane_scale_trains():

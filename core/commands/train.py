@@ -45,6 +45,10 @@ def train(
                                      "within the protocol's folds [default: the recipe's]."),
     epochs: int | None = typer.Option(None, min=1, help="Epochs per fold [default: the recipe's]."),
     batch_size: int | None = typer.Option(None, min=1, help="Batch size [default: the recipe's]."),
+    accumulate: int = typer.Option(1, min=1, help="Split each SAM pass into K forward/backward calls of batch/K clips "
+                                   "whose gradients add up: the recipe's effective batch in 1/K of the activation "
+                                   "memory. BatchNorm then normalises over batch/K clips and mixup pairs clips "
+                                   "within each part, so K is part of the run's identity."),
     lr: float | None = typer.Option(None, callback=positive, help="Peak learning rate, > 0 [default: the recipe's]."),
     params: Path | None = typer.Option(None, help="Hyper-parameters file from `tune --export`."),
     device: Device = "auto",
@@ -55,7 +59,7 @@ def train(
     test_salience: TestSalience = None,
     max_clips_per_fold: MaxClipsPerFold = None,
     compile: bool = typer.Option(False, "--compile", help="torch.compile the backbone (worth it on GPU; minutes of compilation first)."),
-    device_cache: bool = typer.Option(False, "--device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
+    device_cache: bool = typer.Option(False, "--device-cache/--no-device-cache", help="Keep the training waveforms on the device as one tensor (GPU; refused if they do not fit)."),
     channels_last: bool | None = typer.Option(None, "--channels-last/--no-channels-last", help="Memory format of the CNN (default: channels_last on CUDA only)."),
     protocol: str = typer.Option("kaggle", callback=train_protocol, help="kaggle: folds 1-8 train, 9-10 test (the competition) | us8k-10fold: "
                                               "test every fold k, validate on k+1 (the literature's protocol) | kfold: "
@@ -128,7 +132,7 @@ def train(
             folds=parse_folds(folds), epochs=epochs, device=device,
             precision=precision, workers=workers_count(workers), seed=seed, skip_bad_audio=skip_bad_audio, progress=progress,
             max_clips_per_fold=max_clips_per_fold, compile=compile, test_salience=test_salience,
-            device_cache=device_cache, channels_last=channels_last, cache_dir=cache_dir,
+            device_cache=device_cache, channels_last=channels_last, cache_dir=cache_dir, accumulate=accumulate,
             init_from=None if init_from is None else resolve(init_from, solutions_root(Path("solutions"), demo), PROTOCOLS),
             freeze_backbone_epochs=freeze_backbone_epochs,
         )

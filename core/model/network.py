@@ -89,6 +89,9 @@ class AudioClassifier(nn.Module):
             raise ValueError(f"{self.solution}: salience must be an integer tensor of shape [{batch}] with raw "
                              f"values 1|2, got dtype {salience.dtype} shape {tuple(salience.shape)}")
         valid = (salience == SALIENCE_VALUES[0]) | (salience == SALIENCE_VALUES[1])
+        if self.training:  # in a training step: asserted on the device, no host read (the metadata was checked on load)
+            torch._assert_async(valid.all(), f"{self.solution}: salience values must be 1 (foreground) or 2 (background)")
+            return
         if not bool(valid.all()):
             bad = sorted(set(salience[~valid].tolist()))
             raise ValueError(f"{self.solution}: salience values must be 1 (foreground) or 2 (background), "

@@ -8,7 +8,7 @@ torchrun puts RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each 
 environment; `init_from_environment` joins them into one process group (NCCL on CUDA, gloo on
 CPU). Without torchrun (WORLD_SIZE unset or 1) every function here is a no-op for one process.
 
-How training is distributed (the fold loop in core/train/fold.py):
+How training is distributed (the fold loop, core/train/trainer.py):
 - The recipe's batch size is the global batch: each of N replicas takes batch/N clips per step
   from a DistributedSampler shard, so N replicas train with the recipe's batch and learning rate.
 - SAM's first pass ALL-REDUCES its gradient (DDP's ordinary backward), so every replica perturbs
@@ -131,21 +131,26 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
-def all_true(flag: torch.Tensor) -> bool:
-    """True when the 0-dim `flag` (1.0 / 0.0) is true on every rank: one host synchronisation."""
+def all_finite(flag: torch.Tensor) -> torch.Tensor:
+    """The 0-dim `flag` (1.0 / 0.0) as a bool tensor, true only if it is true on every rank; no host read.
+
+    Under NCCL the flag stays on the GPU and the all-reduce is queued like any kernel; gloo reduces
+    on the CPU (where the tensor already is in CPU runs).
+    """
     if current().enabled:
-        flag = flag.detach().float().reshape(1).to(_communication_device(), copy=True)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        reduced = flag.detach().float().reshape(1).to(_communication_device(), copy=True)
+        dist.all_reduce(reduced, op=dist.ReduceOp.MIN)
+        flag = reduced.to(flag.device).reshape(())
+    return flag > 0
 
 
-def sum_over_replicas(values: list[float]) -> list[float]:
-    """Element-wise sums of `values` over all ranks (every rank gets them)."""
+def sum_over_replicas(totals: torch.Tensor) -> torch.Tensor:
+    """Element-wise sums of `totals` over all ranks (every rank gets them); one all-reduce, no host read."""
     if not current().enabled:
-        return list(values)
-    totals = torch.tensor(values, dtype=torch.float64, device=_communication_device())
-    dist.all_reduce(totals)
-    return totals.tolist()
+        return totals
+    reduced = totals.to(_communication_device(), copy=True)
+    dist.all_reduce(reduced)
+    return reduced.to(totals.device)
 
 
 def shard(rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Train one fold: SAM steps, per-epoch validation, best checkpoint, resumable every epoch.
+"""Train one fold: the pieces around the loop (settings, identity, resume state, validation predictions).
+
+The loop itself is the trainer object in core/train/trainer.py (its methods are the seams a
+solution overrides); `train_fold` runs the trainer the recipe names.
 
 Speed switches (TrainOptions; docs/gpu.md): bf16/fp16 autocast with SAM-aware loss scaling,
 channels_last, pinned memory with non-blocking copies, --device-cache (the training split resident
@@ -10,21 +13,19 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from core import atomic
-from core.atomic import write_csv
 from core.errors import UserError
-from core.metrics import Scores, score
+from core.metrics import Scores
 from core.model.network import build_model
 from core.progress import TrainProgress
 from core.recipe import Recipe
@@ -37,17 +38,14 @@ from core.train.data import (
     ResidentSplit,
     Split,
     WaveformDataset,
-    check_device_cache_allowed,
     make_loader,
-    make_resident,
     resolve_workers,
 )
-from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
 from core.train.options import TrainOptions
-from core.train.precision import LossScaler, autocast, configure_backends
+from core.train.precision import LossScaler, autocast
 from core.train.run_identity import IDENTITY_KEY, RunIdentity, check_identity, run_identity
 from core.train.sam import SAM
-from core.train.schedules import Schedule, build_schedule
+from core.train.schedules import Schedule
 
 
 @dataclass
@@ -136,6 +134,10 @@ class FoldSettings:
     @classmethod
     def resolve(cls, recipe: Recipe, options: TrainOptions) -> FoldSettings:
         training, replicas = recipe.training, distributed.current()
+        batch_size = distributed.per_replica_batch(training.batch_size, replicas)
+        if options.accumulate > batch_size:
+            raise UserError(f"--accumulate {options.accumulate} exceeds the batch of {batch_size} clips per process: "
+                            f"use --accumulate {batch_size} or less")
         return cls(epochs=training.epochs if options.epochs is None else options.epochs,
                    seed=training.seed if options.seed is None else options.seed,
                    batch_size=distributed.per_replica_batch(training.batch_size, replicas),
@@ -153,7 +155,15 @@ def fold_identity(recipe: Recipe, data: PreparedData, fold: int, options: TrainO
     return run_identity(recipe, fold=fold, epochs=settings.epochs, seed=settings.seed, protocol=data.protocol,
                         processes=distributed.current().world_size, precision=settings.runtime.precision,
                         train_table=data.train.table, init_from=init_from.identity_value(options.init_from),
-                        freeze_backbone_epochs=options.freeze_backbone_epochs)
+                        freeze_backbone_epochs=options.freeze_backbone_epochs, accumulate=options.accumulate)
+
+
+class Stateful(Protocol):
+    """What the resume state saves and restores besides its counters (TrainingParts, the trainer)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -165,11 +175,11 @@ class TrainingParts:
     schedule: Schedule
     scaler: LossScaler
 
-    def state_dicts(self) -> dict:
+    def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.sam.state_dict(),
                 "scheduler": self.schedule.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
 
-    def load_state_dicts(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.sam.load_state_dict(state["optimizer"])
         self.schedule.scheduler.load_state_dict(state["scheduler"])
@@ -188,14 +198,14 @@ class ResumeState:
     best_epoch: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def save(self, path: Path, solution: str, identity: RunIdentity, parts: TrainingParts) -> None:
+    def save(self, path: Path, solution: str, identity: RunIdentity, parts: Stateful) -> None:
         checkpoint.save_torch_state(path, {
-            "solution": solution, IDENTITY_KEY: identity.fields, "epoch": self.epoch, **parts.state_dicts(),
+            "solution": solution, IDENTITY_KEY: identity.fields, "epoch": self.epoch, **parts.state_dict(),
             "best_value": self.best_value, "best_epoch": self.best_epoch, "history": self.history,
         })
 
     @classmethod
-    def restore(cls, folder: SolutionFolder, fold: int, identity: RunIdentity, parts: TrainingParts,
+    def restore(cls, folder: SolutionFolder, fold: int, identity: RunIdentity, parts: Stateful,
                 enabled: bool) -> ResumeState:
         """The state saved for `fold` loaded into `parts` (rank 0 reads, every rank loads); fresh if none.
 
@@ -211,7 +221,7 @@ class ResumeState:
         state = distributed.broadcast_object(state)
         if state is None:
             return cls()
-        parts.load_state_dicts(state)
+        parts.load_state_dict(state)
         return cls(state["epoch"], state["best_value"], state["best_epoch"], list(state["history"]))
 
     def record(self, epoch: int, value: float) -> bool:
@@ -236,94 +246,12 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
     saves the resume state; a best epoch's checkpoint is staged first and published as
     best_model_fold<k>.pt only once the resume state records it, so after a kill anywhere the best
     checkpoint, history and result agree even if a replayed epoch scores differently. Under torchrun every
-    rank calls this; rank 0 alone writes files (see core/train/distributed.py).
+    rank calls this; rank 0 alone writes files (see core/train/distributed.py). The loop is the
+    trainer that recipe.training.trainer names (core/train/trainer.py).
     """
-    settings = FoldSettings.resolve(recipe, options)
-    runtime, replicas = settings.runtime, distributed.current()
-    configure_backends(runtime.device)
-    progress = progress or TrainProgress(False)
-    if options.device_cache:
-        check_device_cache_allowed(recipe.augment)
+    from core.train.trainer import trainer_class  # the trainer builds on this module's pieces
 
-    parts = build_training_parts(recipe, data, fold, options, settings)
-    if options.init_from is not None:  # before the resume state, which then overrides it
-        progress.log(f"fold {fold}: " + init_from.initialise(parts.model, recipe, options.init_from).describe())
-    train_model = distributed.wrap_model(parts.model, runtime.device) if replicas.enabled else parts.model
-    train_rows, val_rows = data.fold_rows(fold)
-    resident = make_resident(data.train, runtime.device) if options.device_cache else None
-    identity = fold_identity(recipe, data, fold, options)
-    folder = SolutionFolder(settings.out)
-    state = ResumeState.restore(folder, fold, identity, parts, options.write_outputs)
-    if state.epoch:
-        progress.log(f"fold {fold}: resuming after epoch {state.epoch} (best {state.best_value:.4f} at epoch "
-                     f"{state.best_epoch})")
-
-    progress.start("epochs", settings.epochs, f"fold {fold} epochs")
-    progress.advance("epochs", completed=state.epoch)
-    for epoch in range(state.epoch + 1, settings.epochs + 1):
-        record = run_one_epoch(recipe, data, fold, epoch, options, settings, parts, train_model, train_rows,
-                               val_rows, resident, state, progress)
-        if settings.writes:  # the best candidate (staged) -> history -> resume state -> the best published
-            write_csv(pd.DataFrame(state.history), folder.history(fold))
-            state.save(folder.resume(fold), recipe.name, identity, parts)
-            if record.best:
-                atomic.publish(folder.staged_best(fold), folder.best_model(fold))
-        if on_epoch is not None:
-            on_epoch(record)
-    best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
-    best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
-    return FoldResult(fold, state.best_epoch, best, state.history, identity)
-
-
-def build_training_parts(recipe: Recipe, data: PreparedData, fold: int, options: TrainOptions,
-                         settings: FoldSettings) -> TrainingParts:
-    """A fresh model (compiled if asked), SAM around AdamW, the schedule and the loss scaler of a fold."""
-    training, runtime = recipe.training, settings.runtime
-    model = build_on_device(recipe, runtime, settings.seed, fold)
-    if options.compile:
-        compile_backbone(model, options.compile_backend)
-    sam = SAM(model.parameters(), torch.optim.AdamW, rho=training.rho, adaptive=training.adaptive,
-              lr=training.lr, weight_decay=training.weight_decay)
-    train_rows, _ = data.fold_rows(fold)
-    # The device cache yields exactly the DataLoader's batches, so the loader's length is the step count.
-    steps_per_epoch = len(train_batches(data, train_rows, recipe, settings.batch_size, runtime, options, 0,
-                                        None, workers=0))
-    schedule = build_schedule(sam.base_optimizer, training, settings.epochs, steps_per_epoch)
-    return TrainingParts(model, sam, schedule, LossScaler(enabled=runtime.precision == "fp16"))
-
-
-def run_one_epoch(recipe: Recipe, data: PreparedData, fold: int, epoch: int, options: TrainOptions,
-                  settings: FoldSettings, parts: TrainingParts, train_model: torch.nn.Module,
-                  train_rows: np.ndarray, val_rows: np.ndarray, resident: ResidentSplit | None,
-                  state: ResumeState, progress: TrainProgress) -> EpochRecord:
-    """Train one epoch, validate, keep the best checkpoint; returns the epoch's record (also in state.history)."""
-    runtime, model, schedule = settings.runtime, parts.model, parts.schedule
-    started = time.perf_counter()
-    seed = epoch_seed(settings.seed, fold, epoch)
-    seed_all(seed)
-    loader = train_batches(data, train_rows, recipe, settings.batch_size, runtime, options, seed, resident)
-    init_from.set_backbone_trainable(model, epoch, options.freeze_backbone_epochs)
-    lr = parts.sam.param_groups[0]["lr"]
-    train_loss, train_accuracy, skipped = run_epoch(train_model, parts.sam, parts.scaler, schedule, loader, recipe,
-                                                    runtime, seed, progress)
-    distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
-    val_probs, val_loss = predict(model, data.train, val_rows, settings.batch_size, runtime, options, resident)
-    val_scores = score(data.train.labels()[val_rows], val_probs.argmax(axis=1))
-    if not schedule.per_batch:
-        schedule.scheduler.step()
-    improved = state.record(epoch, getattr(val_scores, recipe.training.select_metric))
-    if improved and settings.writes:  # published by train_fold once the resume state records it
-        checkpoint.save_best(SolutionFolder(settings.out).staged_best(fold), recipe, fold, epoch,
-                             val_scores.as_dict(), model)
-    record = EpochRecord(fold, epoch, lr, train_loss, train_accuracy, val_loss, val_scores.accuracy,
-                         val_scores.macro_f1, val_scores.composite, time.perf_counter() - started, skipped, improved)
-    state.history.append(asdict(record))
-    progress.advance("epochs", stats=f"val acc {val_scores.accuracy:.3f} comp {val_scores.composite:.3f} "
-                                     f"best {state.best_value:.3f}@{state.best_epoch}")
-    progress.log(f"fold {fold} epoch {epoch}/{settings.epochs}: lr {lr:.2e}, train loss {train_loss:.4f}, "
-                 f"val acc {val_scores.accuracy:.4f}, F1 {val_scores.macro_f1:.4f}, "
-                 f"composite {val_scores.composite:.4f}{' (best)' if improved else ''}, {record.seconds:.0f}s")
-    return record
+    return trainer_class(recipe)(recipe, data, fold, options, progress).fit(on_epoch)
 
 
 def read_resume_state(folder: SolutionFolder, fold: int, identity: RunIdentity) -> dict | None:
@@ -362,83 +290,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def run_epoch(model, sam: SAM, scaler: LossScaler, schedule, loader, recipe: Recipe, runtime: Runtime,
-              seed: int, progress: TrainProgress) -> tuple[float, float, int]:
-    """One epoch of SAM steps; returns (mean pass-1 loss, mixup-weighted accuracy, skipped steps).
-
-    Under torchrun the returned loss and accuracy are over the clips of all ranks.
-    """
-    model.train()
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    total_loss = total_correct = 0.0
-    seen = skipped = 0
-    progress.start("batches", len(loader), "  batches")
-    for waveforms, labels, salience in loader:
-        waveforms = waveforms.to(runtime.device, non_blocking=True)
-        labels = labels.to(runtime.device, non_blocking=True)
-        salience = salience.to(runtime.device, non_blocking=True)
-        mix = draw_mix(len(labels), recipe.augment.mixup_alpha, recipe.augment.mixup_prob, rng, generator)
-        loss, correct, ok = sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
-        if schedule.per_batch:
-            schedule.scheduler.step()
-        skipped += not ok
-        if math.isfinite(loss):  # a step skipped in pass 1 has no loss to report
-            total_loss += loss * len(labels)
-            total_correct += correct
-            seen += len(labels)
-        shown = max(seen, 1)
-        progress.advance("batches", stats=f"loss {total_loss / shown:.3f} acc {total_correct / shown:.3f}")
-    total_loss, total_correct, seen = distributed.sum_over_replicas([total_loss, total_correct, seen])
-    return total_loss / max(seen, 1), total_correct / max(seen, 1), skipped
-
-
-def sam_step(model, sam: SAM, scaler: LossScaler, waveforms: torch.Tensor, labels: torch.Tensor,
-             salience: torch.Tensor, mix: Mix | None, recipe: Recipe, runtime: Runtime) -> tuple[float, float, bool]:
-    """Both SAM passes on one mixed batch. Returns (pass-1 loss, weighted correct, step taken).
-
-    Gradients are unscaled before each use; if either pass has a non-finite loss or gradient (an
-    fp16 overflow) the step is skipped and the weights stay where they were. Each pass costs one
-    host synchronisation (that decision), agreed by all ranks under DDP.
-
-    Under DDP (`model` wrapped in DistributedDataParallel) both backward passes all-reduce: the
-    perturbation of the first step is the global one, not per replica (see core/train/distributed.py).
-    """
-    params = [p for group in sam.param_groups for p in group["params"]]
-    if mix is not None:  # one non-blocking copy instead of a blocking one in every use
-        mix = Mix(mix.lam, mix.index.to(waveforms.device, non_blocking=True))
-    inputs = mix_batch(waveforms, mix)
-    mix_arg = mix.as_tuple() if mix is not None else None
-    smoothing = recipe.training.label_smoothing
-
-    def forward_backward() -> tuple[torch.Tensor, torch.Tensor, bool]:
-        with autocast(runtime.device, runtime.precision):
-            logits = model(inputs, salience, mix_arg)
-        loss = mixed_cross_entropy(logits, labels, mix, smoothing)
-        scaler.backward(loss)
-        finite = scaler.unscale_and_check(params) * torch.isfinite(loss.detach()).to(torch.float32)
-        return loss.detach(), logits.detach(), distributed.all_true(finite)
-
-    loss, logits, finite = forward_backward()
-    if not finite:
-        sam.zero_grad(set_to_none=True)
-        scaler.update(False)
-        return float("nan"), 0.0, False
-    # Clipping before first_step would not change the perturbation (it is normalised by ||g||).
-    sam.first_step(zero_grad=True)
-    _, _, finite = forward_backward()
-    if not finite:
-        sam.restore()
-        sam.zero_grad(set_to_none=True)
-        scaler.update(False)
-        return loss.item(), mixed_correct(logits, labels, mix), False
-    if recipe.training.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, recipe.training.grad_clip)
-    sam.second_step(zero_grad=True)
-    scaler.update(True)
-    return loss.item(), mixed_correct(logits, labels, mix), True
 
 
 @torch.no_grad()

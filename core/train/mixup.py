@@ -46,11 +46,14 @@ def mixed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mix: Mix | 
     return mix.lam * loss_a + (1.0 - mix.lam) * loss_b
 
 
-def mixed_correct(logits: torch.Tensor, targets: torch.Tensor, mix: Mix | None) -> float:
-    """Mixup-weighted count of correct predictions (the reference's train accuracy)."""
+def mixed_correct(logits: torch.Tensor, targets: torch.Tensor, mix: Mix | None) -> torch.Tensor:
+    """Mixup-weighted count of correct predictions (the reference's train accuracy), a 0-dim float64 tensor.
+
+    Stays on the logits' device (no host read); float64 so that it sums exactly as Python floats did.
+    """
     predictions = logits.argmax(dim=1)
-    correct_a = (predictions == targets).sum().item()
+    correct_a = (predictions == targets).sum().to(torch.float64)
     if mix is None:
-        return float(correct_a)
-    correct_b = (predictions == targets[mix.index.to(targets.device)]).sum().item()
-    return mix.lam * correct_a + (1.0 - mix.lam) * correct_b
+        return correct_a
+    correct_b = (predictions == targets[mix.index.to(targets.device)]).sum().to(torch.float64)
+    return correct_a * mix.lam + correct_b * (1.0 - mix.lam)

@@ -28,6 +28,7 @@ class TrainOptions:
     test_salience: int | None = None        # salience to assume for a test split without that column
     protocol: str = "kaggle"                # "kaggle" | "us8k-10fold" (core/folds.py)
     tensorboard: Path | None = None         # also write per-epoch scalars for TensorBoard under this folder
+    accumulate: int = 1                     # --accumulate K: each SAM pass over K micro-batches of batch/K
     recipe_changes: tuple[str, ...] = ()    # recipe fields --params changed beyond its searched values (recorded)
     init_from: Path | None = None           # fine-tune: start each fold from this checkpoint (core/train/init_from.py)
     freeze_backbone_epochs: int = 0         # the first N epochs train only what follows the backbone

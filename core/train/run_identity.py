@@ -22,11 +22,14 @@ NOT_COMPUTATIONAL = ("name", "parent", "summary", "demo")  # recipe fields that 
 NOT_PER_FOLD = ("training.folds", "training.epochs")        # which folds to train; epochs is its own field
 DATA_COLUMNS = ("slice_file_name", "fold", "classID", "salience")
 IDENTITY_KEY = "identity"
+# Fields added after outputs were first written: a stored identity without one had its default.
+ADDED_LATER = {"training.trainer": "sam", "accumulate": 1}
 
 # What to pass to get a stored value back, for the fields that a train option sets.
 OPTION_OF = {"epochs": "--epochs", "seed": "--seed", "precision": "--precision", "training.lr": "--lr",
              "training.batch_size": "--batch-size", "protocol": "--protocol", "frontend.clip_seconds": "--clip-seconds",
-             "init_from": "--init-from", "freeze_backbone_epochs": "--freeze-backbone-epochs"}
+             "init_from": "--init-from", "freeze_backbone_epochs": "--freeze-backbone-epochs",
+             "accumulate": "--accumulate"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class RunIdentity:
 
     def differences(self, stored: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """(field, value here, value stored) of every field that differs, in name order."""
+        stored = {**{name: value for name, value in ADDED_LATER.items() if name in self.fields}, **stored}
         names = sorted(set(self.fields) | set(stored))
         return [(name, self.fields.get(name, "absent"), stored.get(name, "absent")) for name in names
                 if self.fields.get(name, "absent") != stored.get(name, "absent")]
@@ -47,7 +51,7 @@ class RunIdentity:
 
 def run_identity(recipe: Recipe, *, fold: int, epochs: int, seed: int, protocol: str, processes: int,
                  precision: str, train_table: pd.DataFrame, init_from: str | None = None,
-                 freeze_backbone_epochs: int = 0) -> RunIdentity:
+                 freeze_backbone_epochs: int = 0, accumulate: int = 1) -> RunIdentity:
     """The identity of fold training `fold`: computational recipe fields and run settings, data by content.
 
     `init_from`: the fine-tuning start (its file name and content hash, core/train/init_from.py), or None.
@@ -55,7 +59,7 @@ def run_identity(recipe: Recipe, *, fold: int, epochs: int, seed: int, protocol:
     fields = {name: value for name, value in flatten(recipe.to_dict()).items()
               if name.split(".")[0] not in NOT_COMPUTATIONAL and name not in NOT_PER_FOLD}
     fields.update(solution=recipe.name, epochs=epochs, seed=seed, fold=fold, protocol=protocol, processes=processes,
-                  precision=precision, data=data_digest(train_table), init_from=init_from,
+                  precision=precision, accumulate=accumulate, data=data_digest(train_table), init_from=init_from,
                   freeze_backbone_epochs=freeze_backbone_epochs)
     return RunIdentity(json.loads(json.dumps(fields, default=str)))  # tuples -> lists: as read back from JSON
 
