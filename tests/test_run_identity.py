@@ -156,7 +156,7 @@ def test_a_precision_mismatch_says_which_precision_to_pin():
 def test_ten_fold_test_rows_are_aligned_on_slice_file_name_and_odd_clips_are_named(tmp_path):
     import numpy as np
 
-    from core import PROB_COLUMNS
+    from core import CLASS_NAMES, PROB_COLUMNS
     from core.train.solution import aligned_probabilities
 
     folder = SolutionFolder(tmp_path)
@@ -165,11 +165,11 @@ def test_ten_fold_test_rows_are_aligned_on_slice_file_name_and_odd_clips_are_nam
     frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
     frame.insert(0, "slice_file_name", names)
     frame.iloc[[2, 0, 1]].to_csv(folder.test(4), index=False)  # another row order
-    np.testing.assert_array_equal(aligned_probabilities(folder, folder.test(4), 4, "slice_file_name", names), probs)
+    np.testing.assert_array_equal(aligned_probabilities(folder, folder.test(4), 4, "slice_file_name", names, CLASS_NAMES), probs)
     odd = pd.concat([frame.iloc[[0, 0]], frame.iloc[[1]].assign(slice_file_name="1-1-0-0.wav")])
     odd.to_csv(folder.test(4), index=False)
     with pytest.raises(UserError) as refused:
-        aligned_probabilities(folder, folder.test(4), 4, "slice_file_name", names)
+        aligned_probabilities(folder, folder.test(4), 4, "slice_file_name", names, CLASS_NAMES)
     assert str(refused.value) == (
         f"fold 4: {folder.test(4)} does not hold this run's test clips: 2 missing slice_file_name(s) (100-3-0-5.wav, "
         "24-1-0-2.wav); 1 extra slice_file_name(s) (1-1-0-0.wav); 1 repeated slice_file_name(s) (7061-6-0-0.wav). "
