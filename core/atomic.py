@@ -18,6 +18,8 @@ from core.errors import UserError
 TEMP_SUFFIX = ".tmp"  # every temp file is hidden (".<name>.<random>.tmp"): no glob of final names matches it
 # Failures of the disk or folder rather than of the program: reported as a UserError naming the file.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+# flock unsupported by the file system (NFS without a lock daemon: ENOLCK; some FUSE mounts: EOPNOTSUPP)
+NO_LOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
 class OutputWriteError(UserError, OSError):

@@ -1,7 +1,8 @@
 """Nothing promised is dropped, and the demo never mixes with real results.
 
 - `predict --skip-bad-audio` lists the skipped clips in skipped_audio.csv and its test score says
-  how many clips it covers;
+  how many clips it covers; `train --skip-bad-audio` says so only where it prints a test score (an
+  unlabelled Kaggle test split has none: it gives the submission's rows instead);
 - `train --params` prints, and the summary records, the recipe fields it changes beyond the
   searched values;
 - `train` without --data writes under solutions/demo/ and submissions/demo/, and `report` finds
@@ -110,3 +111,34 @@ def test_train_skip_bad_audio_records_and_prints_what_the_test_scores_cover(tiny
     print_summary(summary, console)
     assert (f"Test scores cover {test_clips} clips: 1 unreadable clip(s) were skipped (--skip-bad-audio), listed in "
             f"{out / 'skipped_audio.csv'}") in console.export_text()
+
+
+@pytest.mark.parametrize("protocol, test_scores, scored", [("kaggle", None, False), ("kaggle", 0.75, True),
+                                                           ("us8k-10fold", None, True)])
+def test_the_skipped_clips_line_claims_test_score_coverage_only_where_a_test_score_is_printed(
+        tmp_path, protocol, test_scores, scored):
+    from rich.console import Console
+
+    from core.train.report import print_summary
+    from core.train.solution import SolutionSummary
+
+    scores = {"accuracy": 0.5, "macro_f1": 0.5, "composite": 0.5}
+    fold = {"best_epoch": 1, **scores}
+    if protocol != "kaggle":
+        fold.update(validation_fold=2, test=scores)
+    elif test_scores is not None:
+        fold["test"] = {"composite": test_scores}
+    test = None if test_scores is None else {"accuracy": test_scores, "macro_f1": test_scores, "composite": test_scores}
+    summary = SolutionSummary(SOLUTION, {1: fold}, scores, test, tmp_path / "subs" / f"{SOLUTION}.csv", protocol,
+                              {key: 0.0 for key in scores}, out=tmp_path / "out", test_clips=8, skipped_clips=2,
+                              folds_total=10)
+    console = Console(record=True, width=400)
+    print_summary(summary, console)
+    printed = console.export_text()
+    skipped = f"2 unreadable clip(s) were skipped (--skip-bad-audio), listed in {tmp_path / 'out' / 'skipped_audio.csv'}"
+    if scored:
+        assert f"Test scores cover 8 clips: {skipped}" in printed
+    else:
+        assert "Test scores cover" not in printed and "Test (fold-average" not in printed
+        assert f"The submission has 8 rows: {skipped}" in printed
+    assert ("Test (fold-average submission, scored with the test labels, 8 clips)" in printed) == (test is not None)

@@ -1,6 +1,8 @@
 """Resume: a run killed mid-fold (SIGKILL) and rerun ends with the same weights and CSVs."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import torch
 from conftest import subprocess_env
 
 from core.errors import UserError
-from core.train.lock import folder_lock
+from core.train.lock import FolderBusy, folder_lock
 
 
 def train_command(data: Path, out: Path, epochs: int) -> list[str]:
@@ -90,3 +92,49 @@ def test_a_stale_lock_is_taken_over(tmp_path):
     with folder_lock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()
+
+
+def flock_failing_with(code: int):
+    """A stand-in for fcntl.flock that fails as a file system without locks (or another failure) does."""
+    def flock(fd, operation):
+        raise OSError(code, os.strerror(code))
+    return flock
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_is_refused_in_one_clear_line(tmp_path, monkeypatch, code):
+    monkeypatch.setattr(fcntl, "flock", flock_failing_with(code))  # NFS mounted without a lock daemon
+    with pytest.raises(UserError) as refused:
+        with folder_lock(tmp_path):
+            pytest.fail("the run went on without its lock")
+    assert not isinstance(refused.value, FolderBusy)  # not taken for "another run holds it"
+    message = str(refused.value)
+    assert str(tmp_path / ".lock") in message and "offers no file locks" in message and os.strerror(code) in message
+    assert "--out" in message and "\n" not in message
+
+
+def test_other_lock_failures_and_errors_of_the_run_itself_are_not_taken_for_missing_locks(tmp_path, monkeypatch):
+    with pytest.raises(OSError) as failed:  # an OSError raised while the lock is held passes through unchanged
+        with folder_lock(tmp_path):
+            raise OSError(errno.ENOLCK, "raised by the run")
+    assert not isinstance(failed.value, UserError) and failed.value.strerror == "raised by the run"
+    monkeypatch.setattr(fcntl, "flock", flock_failing_with(errno.EBADF))
+    with pytest.raises(OSError) as failed:
+        with folder_lock(tmp_path):
+            pytest.fail("the run went on without its lock")
+    assert failed.value.errno == errno.EBADF and not isinstance(failed.value, UserError)
+
+
+def test_train_on_a_file_system_without_locks_stops_before_any_work(tmp_path, tiny_data, monkeypatch):
+    from test_bad_input import isolated_run, run_cli
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(fcntl, "flock", flock_failing_with(errno.ENOLCK))
+    with isolated_run(tmp_path, stage="core.train.solution.prepare_data"):  # reaching it fails the test
+        result = run_cli("train", "resnet34_pcen_sam_8fold", "--data", tiny_data, "--out", out, "--folds", "1",
+                         "--device", "cpu", "--no-progress")
+    assert result.code == 2, result.stderr
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    assert "offers no file locks" in result.stderr and "being trained by another run" not in result.stderr
+    assert ".lock" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "cache").exists()

@@ -18,7 +18,6 @@ Location: `cache_dir` argument (`--cache-dir`), else $US8K_CACHE_DIR, else <repo
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.atomic import exclusive_lock, write_json
+from core.atomic import NO_LOCK_ERRNOS, exclusive_lock, write_json
 from core.data.audio import AudioError, load_clip
 from core.errors import UserError, format_problems
 from core.progress import progress_bar
@@ -52,7 +51,6 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504; louder float audio is cl
 CHECKSUM_CHUNK_BYTES = 64 * 2 ** 20  # the array is checksummed in slices of this size (bounded memory)
 STALE_TEMP_SECONDS = 24 * 3600  # another builder's temporary untouched this long belongs to a killed build
 BUILD_ATTEMPTS = 3         # builds per call before concurrent builders that disagree become an error
-NO_LOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})  # flock unsupported here
 MIN_FILES_FOR_POOL = 256    # below this, worker start-up costs more than it saves (auto workers only)
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.folds import URBANSOUND8K_CLASSES
 from core.data.audio import RateSummary, native_rates
 from core.data.checks import MetadataError, check_files, check_unique, integers, plain_file_names, read_csv
 from core.data.fold_assignment import groups_from_pattern, stored_or_assigned_folds
@@ -36,7 +35,7 @@ from core.data.layouts import (
     read_generic_csv,
 )
 from core.errors import UserError
-from core.folds import ALL_FOLDS, SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS
+from core.folds import ALL_FOLDS, SALIENCE_VALUES, TEST_FOLDS, TRAIN_FOLDS, URBANSOUND8K_CLASSES
 
 KAGGLE_TRAIN = Path("metadata/kaggle_train.csv")
 KAGGLE_TEST = Path("metadata/kaggle_test.csv")
@@ -292,7 +291,7 @@ def _load_kaggle(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         train = _train_rows(train_csv, KAGGLE_TRAIN.name, TRAIN_FOLDS, problems,
                             "folds 9-10 are the test split; the Kaggle train CSV uses folds 1-8")
         train["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
-                         in zip(train["fold"], train["slice_file_name"])]
+                         in zip(train["fold"], train["slice_file_name"], strict=True)]
         check_files(root, train, KAGGLE_TRAIN.name, problems)
     test = _empty_test()
     if test_csv is not None:
@@ -312,7 +311,7 @@ def _load_official(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     rows = _train_rows(table, OFFICIAL.name, TRAIN_FOLDS + TEST_FOLDS, problems,
                        "the official metadata uses folds 1-10")
     rows["path"] = [str(root / "audio" / f"fold{fold}" / name) for fold, name
-                    in zip(rows["fold"], rows["slice_file_name"])]
+                    in zip(rows["fold"], rows["slice_file_name"], strict=True)]
     check_files(root, rows, OFFICIAL.name, problems)
     is_test = rows["fold"].isin(TEST_FOLDS).to_numpy()
     train = rows[~is_test].reset_index(drop=True)
@@ -379,7 +378,7 @@ def _test_labels(test: pd.DataFrame, labels: pd.DataFrame, problems: list[str]) 
     targets = integers(labels, "TARGET", csv_name, CLASS_IDS, problems, f"class IDs are 0-{len(URBANSOUND8K_CLASSES) - 1}")
     check_unique(ids, csv_name, "ID", problems)
     known = ids.notna() & targets.notna()
-    by_id = dict(zip(ids[known].astype(np.int64), targets[known].astype(np.int64)))
+    by_id = dict(zip(ids[known].astype(np.int64), targets[known].astype(np.int64), strict=True))
     unlabelled = [int(test_id) for test_id in test["ID"] if int(test_id) not in by_id]
     if unlabelled:
         problems.append(f"{csv_name}: {len(unlabelled)} test ID(s) have no label (first: "

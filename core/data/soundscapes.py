@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.folds import URBANSOUND8K_CLASSES
 from core.atomic import atomic_open
 from core.data.audio import load_signal
 from core.errors import UserError
+from core.folds import URBANSOUND8K_CLASSES
 
 RECORD_NAME = "soundscapes.json"
 

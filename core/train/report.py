@@ -15,10 +15,19 @@ def print_summary(summary: SolutionSummary, console: Console) -> None:
     else:
         print_kaggle_summary(summary, console)
     if summary.skipped_clips:
-        console.print(f"[bold]Test scores cover {summary.test_clips} clips:[/] {summary.skipped_clips} unreadable "
-                      f"clip(s) were skipped (--skip-bad-audio), listed in {SolutionFolder(summary.out).skipped_audio}")
+        skipped = (f"{summary.skipped_clips} unreadable clip(s) were skipped (--skip-bad-audio), listed in "
+                   f"{SolutionFolder(summary.out).skipped_audio}")
+        if has_test_scores(summary):
+            console.print(f"[bold]Test scores cover {summary.test_clips} clips:[/] {skipped}")
+        else:  # unlabelled test split: no score to qualify, only the submission's missing rows
+            console.print(f"[bold]The submission has {summary.test_clips} rows:[/] {skipped}")
     if summary.out is not None:
         console.print(f"Outputs: {summary.out}")
+
+
+def has_test_scores(summary: SolutionSummary) -> bool:
+    """Whether the summary prints a test score: every held-out fold has one; kaggle only with test labels."""
+    return summary.protocol != "kaggle" or summary.test is not None
 
 
 def print_ten_fold_summary(summary: SolutionSummary, console: Console) -> None:

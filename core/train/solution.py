@@ -33,7 +33,7 @@ from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed
 from core.train.data import PreparedData, check_protocol, prepare_data, protocol_data_folds
 from core.train.fold import FoldResult, Runtime, build_on_device, fold_identity, predict, train_fold
-from core.train.lock import folder_lock
+from core.train.lock import FolderBusy, folder_lock
 from core.train.options import TrainOptions
 from core.train.own_data import recipe_for_data
 from core.train.run_identity import IDENTITY_KEY, check_identity
@@ -144,7 +144,7 @@ def fold_locks(out: Path, folds: tuple[int, ...]) -> Iterator[None]:
         for fold in folds:
             try:
                 held.enter_context(folder_lock(folder.fold_lock(fold)))
-            except UserError as error:
+            except FolderBusy as error:  # a file system without locks is reported as it is
                 raise UserError(f"fold {fold} of {out} is being trained by another run: {error}") from error
             for path in folder.fold_files(fold):
                 for leftover in out.glob(f".{path.name}.*{TEMP_SUFFIX}"):
