@@ -41,7 +41,9 @@ from core.train.data import (
     make_loader,
     make_resident,
     resolve_workers,
+    worker_augment,
 )
+from core.train.device_augment import epoch_augmenter, runs_on_device
 from core.train.mixup import Mix, draw_mix, mix_batch, mixed_correct, mixed_cross_entropy
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler, autocast, configure_backends
@@ -115,7 +117,8 @@ def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_si
     if resident is not None:
         return ResidentBatches(resident, rows, batch_size, shuffle=True, drop_last=drop_last, seed=seed,
                                replicas=replicas)
-    dataset = WaveformDataset(data.train, rows, recipe.augment, recipe.frontend.sample_rate)
+    augment = worker_augment(recipe.augment, runtime.device, options)  # None where the step augments on the device
+    dataset = WaveformDataset(data.train, rows, augment, recipe.frontend.sample_rate)
     return make_loader(dataset, batch_size, shuffle=True, drop_last=drop_last,
                        workers=resolve_workers(options.workers, runtime.device) if workers is None else workers,
                        seed=seed,
@@ -242,7 +245,7 @@ def train_fold(recipe: Recipe, data: PreparedData, fold: int, options: TrainOpti
     configure_backends(runtime.device)
     progress = progress or TrainProgress(False)
     if options.device_cache:
-        check_device_cache_allowed(recipe.augment)
+        check_device_cache_allowed(recipe.augment, runs_on_device(recipe.augment, runtime.device, options))
 
     parts = build_training_parts(recipe, data, fold, options, settings)
     train_model = distributed.wrap_model(parts.model, runtime.device) if replicas.enabled else parts.model
@@ -300,8 +303,9 @@ def run_one_epoch(recipe: Recipe, data: PreparedData, fold: int, epoch: int, opt
     seed_all(seed)
     loader = train_batches(data, train_rows, recipe, settings.batch_size, runtime, options, seed, resident)
     lr = parts.sam.param_groups[0]["lr"]
+    augment_batch = epoch_augmenter(recipe.augment, runtime.device, options, seed, distributed.current().rank)
     train_loss, train_accuracy, skipped = run_epoch(train_model, parts.sam, parts.scaler, schedule, loader, recipe,
-                                                    runtime, seed, progress)
+                                                    runtime, seed, progress, augment_batch)
     distributed.broadcast_buffers(model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
     val_probs, val_loss = predict(model, data.train, val_rows, settings.batch_size, runtime, options, resident)
     val_scores = score(data.train.labels()[val_rows], val_probs.argmax(axis=1))
@@ -361,8 +365,11 @@ def seed_all(seed: int) -> None:
 
 
 def run_epoch(model, sam: SAM, scaler: LossScaler, schedule, loader, recipe: Recipe, runtime: Runtime,
-              seed: int, progress: TrainProgress) -> tuple[float, float, int]:
+              seed: int, progress: TrainProgress,
+              augment_batch: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[float, float, int]:
     """One epoch of SAM steps; returns (mean pass-1 loss, mixup-weighted accuracy, skipped steps).
+
+    `augment_batch`: the waveform augmentation applied on the device to each batch (core/train/device_augment.py).
 
     Under torchrun the returned loss and accuracy are over the clips of all ranks.
     """
@@ -376,6 +383,8 @@ def run_epoch(model, sam: SAM, scaler: LossScaler, schedule, loader, recipe: Rec
         waveforms = waveforms.to(runtime.device, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
         salience = salience.to(runtime.device, non_blocking=True)
+        if augment_batch is not None:
+            waveforms = augment_batch(waveforms)
         mix = draw_mix(len(labels), recipe.augment.mixup_alpha, recipe.augment.mixup_prob, rng, generator)
         loss, correct, ok = sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime)
         if schedule.per_batch:
