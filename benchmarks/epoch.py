@@ -17,9 +17,9 @@ GPU memory per arm and the projected hours of the full recipe on this device (8 
 recipe's epochs x the 6194 clips a fold model trains on, training steps only). On a CPU use
 --quick (batch 2, 2 steps, no workers): a smoke run of both arms, as the test suite does.
 
-Data wait: every arm also reports the share of its step time spent blocked on the loader's next()
-(the time the step, hence the device, waits for its batch; a step ends with host reads, so the host
-does not run ahead of the device). The same is measured for our DataLoader path (cache +
+Data wait: every arm also reports the share of its step time spent blocked on the loader's next():
+the time the device waits for its batch while each step ends with a host read (as sam_step does
+today); where the host may queue steps ahead of the device, an upper bound on it. The same is measured for our DataLoader path (cache +
 WaveformDataset, the recipe's waveform augmentation in the workers on CPU, on the device on CUDA)
 with each --wait-workers count: `auto` is what --workers auto resolves to on this device (0 on CPU,
 min(8, CPUs - 1) on CUDA).
@@ -278,13 +278,13 @@ def main() -> None:
     for arm in arms:
         memory = "-" if arm.peak_memory_gib is None else f"{arm.peak_memory_gib:.1f} GiB"
         print(f"  {arm.name:<16} {arm.clips_per_s:9.1f} clips/s  peak GPU memory {memory:>9}  "
-              f"full recipe {projected_hours(recipe, arm.clips_per_s):8.2f} h  data wait {arm.data_wait:6.1%}  "
+              f"full recipe {projected_hours(recipe, arm.clips_per_s):8.2f} h  data wait {arm.data_wait:6.2%}  "
               f"({arm.note})")
     print(f"  data wait of our DataLoader path (share of step time blocked on next(); --workers auto = "
           f"{auto_workers} on {device.type}):")
     for arm in wait_arms:
         auto = " = auto" if int(arm.name.split()[-1]) == auto_workers else ""
-        print(f"    {arm.name + auto:<18} {arm.data_wait:6.1%} of the step time, {arm.clips_per_s:9.1f} clips/s  "
+        print(f"    {arm.name + auto:<18} {arm.data_wait:6.2%} of the step time, {arm.clips_per_s:9.2f} clips/s  "
               f"({arm.note})")
     best = max(arms[:-1], key=lambda arm: arm.clips_per_s)
     reference = arms[-1]
