@@ -57,9 +57,14 @@ def measured(clips: torch.Tensor, augmented: torch.Tensor) -> tuple[np.ndarray, 
     return applied.numpy(), gain.numpy(), residual_std.numpy()
 
 
-def test_per_clip_distributions_match_audiomentations():
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_per_clip_distributions_match_audiomentations(device):
     clips = tones()
-    ours = WaveAugment.from_augment(WIDE)(clips, torch.Generator().manual_seed(0))
+    generator = torch.Generator(device=device).manual_seed(0)
+    ours = WaveAugment.from_augment(WIDE)(clips.to(device), generator).cpu()
     reference = audiomentations_batch(WIDE, clips)
     our_applied, our_gain, our_noise = measured(clips, ours)
     ref_applied, ref_gain, ref_noise = measured(clips, reference)
