@@ -312,8 +312,8 @@ def check_device_cache_allowed(augment: Augment, on_device: bool = False) -> Non
     """The device cache skips the CPU workers, so the waveform augmentation must run on the device (`on_device`)."""
     if not on_device and build_waveform_augmentation(augment) is not None:
         raise UserError(f"--device-cache cannot be used with this recipe: its waveform noise/gain augmentation "
-                        f"(wave_prob={augment.wave_prob:g}) runs in the DataLoader workers on the CPU. Drop "
-                        "--device-cache for this solution.")
+                        f"(wave_prob={augment.wave_prob:g}) runs in the DataLoader workers on the CPU (on CUDA it runs on "
+                        "the device, where --device-cache takes it). Drop --device-cache for this solution here.")
 
 
 class ResidentBatches:
