@@ -1,14 +1,14 @@
 """The epoch race: training clips/s of our pipeline vs the reference pipeline as published, side by side.
 
     python benchmarks/epoch.py [--solution resnet34_pcen_sam_8fold] [--steps 20] [--warmup 3] [--batch N]
-                               [--device auto] [--no-compile] [--quick]
+                               [--device auto] [--no-compile] [--wait-workers 0,auto] [--quick]
 
 Both arms run the trainer's own SAM step (core.train.trainer.sam_step: mixup, two passes, AdamW) of the
 solution's model at its reference batch size (--batch to override), on synthetic clips written
 as WAV files (UrbanSound8K's durations and formats: 22.05-48 kHz, mono and stereo, mostly 4 s):
 - ours: the float16 waveform cache (built once before timing, reported), the vectorised PCEN,
-  bf16 autocast, channels_last and --device-cache on CUDA (where the recipe allows it; the
-  waveform-augmenting solutions keep the DataLoader), with and without --compile (the backbone);
+  bf16 autocast, channels_last and --device-cache on CUDA (the waveform noise + gain, where the
+  recipe has it, applied to the batch on the device), with and without --compile (the backbone);
 - reference: every item decoded + resampled + padded from its file in 4 DataLoader workers every
   epoch (core.data.audio.load_clip), PCEN as a loop over frames (the reference's recursion), fp32
   (fp16 autocast with loss scaling for resnet34_pcen_sam_8f_200e, as its script trained).
@@ -16,8 +16,15 @@ Clips/s = batch x timed steps / seconds, after --warmup steps (CUDA synchronised
 GPU memory per arm and the projected hours of the full recipe on this device (8 folds x the
 recipe's epochs x the 6194 clips a fold model trains on, training steps only). On a CPU use
 --quick (batch 2, 2 steps, no workers): a smoke run of both arms, as the test suite does.
+
+Data wait: every arm also reports the share of its step time spent blocked on the loader's next():
+the time the device waits for its batch while each step ends with a host read (as sam_step does
+today); where the host may queue steps ahead of the device, an upper bound on it. The same is measured for our DataLoader path (cache +
+WaveformDataset, the recipe's waveform augmentation in the workers on CPU, on the device on CUDA)
+with each --wait-workers count: `auto` is what --workers auto resolves to on this device (0 on CPU,
+min(8, CPUs - 1) on CUDA).
 Last line: `RESULT {...}` (ratio = ours / reference, target >= 3; projected hours target < 1 for
-the baseline).
+the baseline; data_wait = {arm or "workers N": share of step time}).
 """
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ class Arm:
     clips_per_s: float
     peak_memory_gib: float | None
     note: str = ""
+    data_wait: float = 0.0  # share of the timed steps' time blocked on the loader's next()
 
 
 def write_clips(folder: Path, count: int) -> list[str]:
@@ -80,8 +88,10 @@ class DecodingDataset:
         return torch.from_numpy(waveform), item % 10, 1 + item % 2
 
 
-def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler) -> float:
-    """Clips/s of `steps` SAM steps after `warmup` ones, over an iterator of (waveforms, labels, salience)."""
+def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler,
+               augment_batch=None) -> tuple[float, float]:
+    """Clips/s of `steps` SAM steps after `warmup` ones, over an iterator of (waveforms, labels, salience),
+    and the share of that time spent waiting for the next batch. `augment_batch`: the device augmentation."""
     import torch
 
     from core.train.mixup import draw_mix
@@ -95,21 +105,27 @@ def time_steps(model, recipe, runtime, batches, steps: int, warmup: int, scaler)
     rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
     model.train()
     iterator = iter(batches)
-    clips, started = 0, None
+    clips, started, waiting = 0, None, 0.0
     for step in range(warmup + steps):
         if step == warmup:
             synchronise(runtime.device)
             started = time.perf_counter()
+        asked = time.perf_counter()
         waveforms, labels, salience = next(iterator)
+        if step >= warmup:
+            waiting += time.perf_counter() - asked
         waveforms = waveforms.to(runtime.device, non_blocking=True)
         labels = labels.to(runtime.device, non_blocking=True)
         salience = salience.to(runtime.device, non_blocking=True)
+        if augment_batch is not None:
+            waveforms = augment_batch(waveforms)
         mix = draw_mix(len(labels), recipe.augment.mixup_alpha, recipe.augment.mixup_prob, rng, generator)
         sam_step(model, sam, scaler, waveforms, labels, salience, mix, recipe, runtime, guard=guard)
         if step >= warmup:
             clips += len(labels)
     synchronise(runtime.device)
-    return clips / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return clips / elapsed, waiting / elapsed
 
 
 def synchronise(device) -> None:
@@ -129,21 +145,19 @@ def peak_memory(device) -> float | None:
     return peak
 
 
-def run_ours(recipe, paths, device, batch, steps, warmup, compile_backbone: bool, cache_dir: Path) -> Arm:
+def run_ours(recipe, paths, device, batch, steps, warmup, compile_backbone: bool, cache_dir: Path,
+             loader_workers: int | None = None) -> Arm:
+    """Our pipeline: the device cache on CUDA (a DataLoader without workers on CPU); with `loader_workers`,
+    the DataLoader path with that many workers instead (the data-wait rows)."""
     import pandas as pd
     import torch
 
     from core.data.cache import load_waveforms
-    from core.train.data import (
-        ResidentBatches,
-        Split,
-        WaveformDataset,
-        build_waveform_augmentation,
-        make_loader,
-        make_resident,
-    )
+    from core.train.data import ResidentBatches, Split, WaveformDataset, make_loader, make_resident, worker_augment
+    from core.train.device_augment import epoch_augmenter, runs_on_device
     from core.train.fold import Runtime, build_on_device
     from core.train.fold import compile_backbone as compile_in_place
+    from core.train.options import TrainOptions
     from core.train.precision import LossScaler, configure_backends, resolve_precision
 
     frontend = recipe.frontend
@@ -158,22 +172,29 @@ def run_ours(recipe, paths, device, batch, steps, warmup, compile_backbone: bool
     if compile_backbone:
         compile_in_place(model)
     rows = np.arange(len(paths))
-    use_resident = device.type == "cuda" and build_waveform_augmentation(recipe.augment) is None
+    options = TrainOptions(out=cache_dir)  # the defaults: the augmentation runs where training runs it
+    on_device = runs_on_device(recipe.augment, device, options)
+    use_resident = device.type == "cuda" and loader_workers is None
+    workers = loader_workers if loader_workers is not None else 0
     if use_resident:
         batches = ResidentBatches(make_resident(split, device), rows, batch, shuffle=True, drop_last=True, seed=0)
     else:
-        batches = make_loader(WaveformDataset(split, rows, recipe.augment, frontend.sample_rate), batch, shuffle=True,
-                              drop_last=True, workers=0 if device.type == "cpu" else 4, seed=0,
+        dataset = WaveformDataset(split, rows, worker_augment(recipe.augment, device, options), frontend.sample_rate)
+        batches = make_loader(dataset, batch, shuffle=True, drop_last=True, workers=workers, seed=0,
                               pin_memory=device.type == "cuda")
     scaler = LossScaler(enabled=runtime.precision == "fp16")
-    clips_per_s = time_steps(model, recipe, runtime, batches, steps, warmup, scaler)
-    note = (f"{runtime.precision}, {'device cache' if use_resident else 'cache + DataLoader'}"
-            f"{', channels_last' if runtime.channels_last else ''}{', compiled' if compile_backbone else ''}; "
-            f"cache built in {cache_seconds:.1f} s")
+    clips_per_s, data_wait = time_steps(model, recipe, runtime, batches, steps, warmup, scaler,
+                                        epoch_augmenter(recipe.augment, device, options, 0))
+    augment = ("" if recipe.augment.wave_prob <= 0 else
+               ", waveform augmentation on the device" if on_device else ", waveform augmentation in the workers")
+    note = (f"{runtime.precision}, {'device cache' if use_resident else f'cache + DataLoader, {workers} workers'}"
+            f"{augment}{', channels_last' if runtime.channels_last else ''}{', compiled' if compile_backbone else ''}"
+            f"; cache built in {cache_seconds:.1f} s")
     del model, batches
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return Arm("ours" + (" + compile" if compile_backbone else ""), clips_per_s, peak_memory(device), note)
+    name = f"workers {workers}" if loader_workers is not None else "ours" + (" + compile" if compile_backbone else "")
+    return Arm(name, clips_per_s, peak_memory(device), note, data_wait)
 
 
 def run_reference(recipe, paths, device, batch, steps, warmup, workers: int) -> Arm:
@@ -191,12 +212,26 @@ def run_reference(recipe, paths, device, batch, steps, warmup, workers: int) -> 
     dataset = DecodingDataset(paths, recipe.frontend.sample_rate, recipe.frontend.num_samples)
     loader = make_loader(dataset, batch, shuffle=True, drop_last=True, workers=workers, seed=0,
                          pin_memory=device.type == "cuda")
-    clips_per_s = time_steps(model, recipe, runtime, loader, steps, warmup, LossScaler(enabled=precision == "fp16"))
+    clips_per_s, data_wait = time_steps(model, recipe, runtime, loader, steps, warmup,
+                                        LossScaler(enabled=precision == "fp16"))
     del model, loader
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return Arm("reference", clips_per_s, peak_memory(device),
-               f"{precision}, decode + resample per item in {workers} workers, loop PCEN")
+               f"{precision}, decode + resample per item in {workers} workers, loop PCEN", data_wait)
+
+
+def wait_worker_counts(text: str, auto_workers: int) -> list[int]:
+    """--wait-workers "0,auto,2" -> [0, auto's count, 2] without repeats (auto is 0 on CPU)."""
+    counts = []
+    for item in text.split(","):
+        item = item.strip()
+        if item != "auto" and not item.isdigit():
+            raise SystemExit(f"--wait-workers takes numbers or auto, comma-separated; got {item!r}")
+        count = auto_workers if item == "auto" else int(item)
+        if count not in counts:
+            counts.append(count)
+    return counts
 
 
 def projected_hours(recipe, clips_per_s: float) -> float:
@@ -212,6 +247,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=4, help="the reference's DataLoader workers")
     parser.add_argument("--no-compile", action="store_true", help="skip the --compile arm")
+    parser.add_argument("--wait-workers", default="0,auto",
+                        help="DataLoader worker counts whose data wait is measured (numbers or auto, comma-separated)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a CPU smoke run")
     args = parser.parse_args()
     if args.quick:
@@ -220,24 +257,36 @@ def main() -> None:
     import torch
 
     from core import registry
+    from core.train.data import resolve_workers
     from core.train.precision import resolve_device
 
     recipe = registry.get(args.solution)
     device = resolve_device(args.device)
     batch = args.batch or recipe.training.batch_size
+    auto_workers = resolve_workers(None, device)
+    wait_workers = wait_worker_counts(args.wait_workers, auto_workers)
     with tempfile.TemporaryDirectory() as work:
         paths = write_clips(Path(work), batch * (args.steps + args.warmup))
         arms = [run_ours(recipe, paths, device, batch, args.steps, args.warmup, False, Path(work) / "cache")]
         if not args.no_compile:
             arms.append(run_ours(recipe, paths, device, batch, args.steps, args.warmup, True, Path(work) / "cache"))
         arms.append(run_reference(recipe, paths, device, batch, args.steps, args.warmup, args.workers))
+        wait_arms = [run_ours(recipe, paths, device, batch, args.steps, args.warmup, False, Path(work) / "cache",
+                              loader_workers=workers) for workers in wait_workers]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{recipe.name}: batch {batch}, {args.steps} timed SAM steps after {args.warmup}, on {where}, "
           f"torch {torch.__version__}")
     for arm in arms:
         memory = "-" if arm.peak_memory_gib is None else f"{arm.peak_memory_gib:.1f} GiB"
         print(f"  {arm.name:<16} {arm.clips_per_s:9.1f} clips/s  peak GPU memory {memory:>9}  "
-              f"full recipe {projected_hours(recipe, arm.clips_per_s):8.2f} h  ({arm.note})")
+              f"full recipe {projected_hours(recipe, arm.clips_per_s):8.2f} h  data wait {arm.data_wait:6.2%}  "
+              f"({arm.note})")
+    print(f"  data wait of our DataLoader path (share of step time blocked on next(); --workers auto = "
+          f"{auto_workers} on {device.type}):")
+    for arm in wait_arms:
+        auto = " = auto" if int(arm.name.split()[-1]) == auto_workers else ""
+        print(f"    {arm.name + auto:<18} {arm.data_wait:6.2%} of the step time, {arm.clips_per_s:9.2f} clips/s  "
+              f"({arm.note})")
     best = max(arms[:-1], key=lambda arm: arm.clips_per_s)
     reference = arms[-1]
     ratio = best.clips_per_s / reference.clips_per_s
@@ -249,6 +298,7 @@ def main() -> None:
         "ratio": round(ratio, 2), "target": TARGET_RATIO, "projected_hours": round(hours, 3),
         "clips_per_s": {arm.name: round(arm.clips_per_s, 2) for arm in arms},
         "peak_gib": {arm.name: arm.peak_memory_gib for arm in arms}, "quick": args.quick,
+        "data_wait": {arm.name: round(arm.data_wait, 4) for arm in arms + wait_arms}, "auto_workers": auto_workers,
         "pass": ratio >= TARGET_RATIO and (recipe.name != "resnet34_pcen_sam_8fold" or hours < TARGET_HOURS)}))
 
 

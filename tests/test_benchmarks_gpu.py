@@ -28,6 +28,10 @@ def test_epoch_race_quick_on_cpu(tmp_path):
     # projected hours of the full recipe: 8 folds x 100 epochs x 6194 clips at our rate
     assert result["projected_hours"] == pytest.approx(8 * 100 * 6194 / result["clips_per_s"]["ours"] / 3600, rel=0.02)
     assert "reference" in done.stdout and "full recipe" in done.stdout
+    # the data-wait share of every arm and of our DataLoader path with --workers 0 (= auto on CPU)
+    assert result["auto_workers"] == 0 and set(result["data_wait"]) == {"ours", "reference", "workers 0"}
+    assert all(0 <= share < 1 for share in result["data_wait"].values())
+    assert "workers 0 = auto" in done.stdout
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from core.folds import HELD_OUT_PROTOCOLS, SALIENCE_VALUES, FoldRoles, fold_role
 from core.recipe import Augment, Recipe
 from core.solution_folder import SolutionFolder
 from core.train import distributed
+from core.train.device_augment import MIN_NOISE_AMPLITUDE, gain_to_db, runs_on_device
 from core.train.distributed import Replicas
 from core.train.options import TrainOptions
 
@@ -235,11 +236,16 @@ def build_waveform_augmentation(augment: Augment):
         return None
     from audiomentations import AddGaussianNoise, Compose, Gain
 
-    to_db = lambda gain: float(20.0 * np.log10(gain))  # noqa: E731 - linear gain range -> dB
     return Compose([
-        AddGaussianNoise(min_amplitude=1e-6, max_amplitude=augment.noise_max, p=1.0),
-        Gain(min_gain_db=to_db(augment.gain_min), max_gain_db=to_db(augment.gain_max), p=1.0),
+        AddGaussianNoise(min_amplitude=MIN_NOISE_AMPLITUDE, max_amplitude=augment.noise_max, p=1.0),
+        Gain(min_gain_db=gain_to_db(augment.gain_min), max_gain_db=gain_to_db(augment.gain_max), p=1.0),
     ], p=augment.wave_prob)
+
+
+def worker_augment(augment: Augment, device: torch.device, options: TrainOptions) -> Augment | None:
+    """The augmentation the DataLoader workers apply per clip: the recipe's, unless the training step
+    applies it to the batch on the device (core/train/device_augment.py: on CUDA by default)."""
+    return None if runs_on_device(augment, device, options) else augment
 
 
 def resolve_workers(workers: int | None, device: torch.device) -> int:
@@ -342,12 +348,12 @@ def check_device_cache_fits(nbytes: int, device: torch.device) -> None:
                     "(the DataLoader path gives the same results), or use a device with more memory.")
 
 
-def check_device_cache_allowed(augment: Augment) -> None:
-    """The device cache skips the CPU workers, so it cannot apply the waveform augmentation (audiomentations)."""
-    if build_waveform_augmentation(augment) is not None:
+def check_device_cache_allowed(augment: Augment, on_device: bool = False) -> None:
+    """The device cache skips the CPU workers, so the waveform augmentation must run on the device (`on_device`)."""
+    if not on_device and build_waveform_augmentation(augment) is not None:
         raise UserError(f"--device-cache cannot be used with this recipe: its waveform noise/gain augmentation "
-                        f"(wave_prob={augment.wave_prob:g}) runs in the DataLoader workers on the CPU. Drop "
-                        "--device-cache for this solution.")
+                        f"(wave_prob={augment.wave_prob:g}) runs in the DataLoader workers on the CPU (on CUDA it runs on "
+                        "the device, where --device-cache takes it). Drop --device-cache for this solution here.")
 
 
 class ResidentBatches:

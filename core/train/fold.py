@@ -40,6 +40,7 @@ from core.train.data import (
     WaveformDataset,
     make_loader,
     resolve_workers,
+    worker_augment,
 )
 from core.train.options import TrainOptions
 from core.train.precision import LossScaler, autocast
@@ -113,7 +114,8 @@ def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_si
     if resident is not None:
         return ResidentBatches(resident, rows, batch_size, shuffle=True, drop_last=drop_last, seed=seed,
                                replicas=replicas)
-    dataset = WaveformDataset(data.train, rows, recipe.augment, recipe.frontend.sample_rate)
+    augment = worker_augment(recipe.augment, runtime.device, options)  # None where the step augments on the device
+    dataset = WaveformDataset(data.train, rows, augment, recipe.frontend.sample_rate)
     return make_loader(dataset, batch_size, shuffle=True, drop_last=drop_last,
                        workers=resolve_workers(options.workers, runtime.device) if workers is None else workers,
                        seed=seed,

@@ -25,6 +25,7 @@ class TrainOptions:
     compile: bool = False                   # torch.compile the backbone (in place: checkpoints unchanged)
     compile_backend: str = "inductor"       # torch.compile backend ("aot_eager" checks the wiring without a C++ build)
     device_cache: bool = False              # the training split's waveforms as one device tensor
+    device_augment: bool | None = None      # waveform noise + gain on the batch's device; None: on CUDA only
     test_salience: int | None = None        # salience to assume for a test split without that column
     protocol: str = "kaggle"                # "kaggle" | "us8k-10fold" (core/folds.py)
     tensorboard: Path | None = None         # also write per-epoch scalars for TensorBoard under this folder

@@ -51,6 +51,7 @@ from core.runtime import Runtime
 from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed, init_from
 from core.train.data import PreparedData, ResidentSplit, check_device_cache_allowed, make_resident
+from core.train.device_augment import epoch_augmenter, runs_on_device
 from core.train.fold import (
     EpochRecord,
     FoldResult,
@@ -345,9 +346,12 @@ class FoldTrainer:
         loader = train_batches(self.data, self.train_rows, self.recipe, self.settings.batch_size, self.runtime,
                                self.options, seed, self.resident)
         device = self.runtime.device
+        # Waveform noise and gain on the device (CUDA), where the workers then skip them (core/train/device_augment.py).
+        augment = epoch_augmenter(self.recipe.augment, device, self.options, seed, distributed.current().rank)
         self.progress.start("batches", len(loader), "  batches")
         for waveforms, labels, salience in loader:
-            yield Batch(waveforms.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+            waveforms = waveforms.to(device, non_blocking=True)
+            yield Batch(waveforms if augment is None else augment(waveforms), labels.to(device, non_blocking=True),
                         salience.to(device, non_blocking=True))
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor, mix: Mix | None) -> torch.Tensor:
@@ -437,7 +441,7 @@ class FoldTrainer:
         options = self.options
         configure_backends(self.runtime.device)
         if options.device_cache:
-            check_device_cache_allowed(self.recipe.augment)
+            check_device_cache_allowed(self.recipe.augment, runs_on_device(self.recipe.augment, self.runtime.device, options))
         self.parts = self.build_parts()
         if options.init_from is not None:  # before the resume state, which then overrides it
             self.progress.log(f"fold {self.fold}: "
