@@ -18,8 +18,9 @@ recipe's epochs x the 6194 clips a fold model trains on, training steps only). O
 --quick (batch 2, 2 steps, no workers): a smoke run of both arms, as the test suite does.
 
 Data wait: every arm also reports the share of its step time spent blocked on the loader's next():
-the time the device waits for its batch while each step ends with a host read (as sam_step does
-today); where the host may queue steps ahead of the device, an upper bound on it. The same is measured for our DataLoader path (cache +
+the host's wait for the next batch. The step makes no host read (docs/gpu.md), so on a GPU the host
+may queue steps ahead of the device and this share is an upper bound on the device's idle time. The
+same is measured for our DataLoader path (cache +
 WaveformDataset, the recipe's waveform augmentation in the workers on CPU, on the device on CUDA)
 with each --wait-workers count: `auto` is what --workers auto resolves to on this device (0 on CPU,
 min(8, CPUs - 1) on CUDA).
