@@ -16,6 +16,8 @@ def result_line(output: str) -> dict:
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
+# slow: both arms of the race on CPU (~30 s idle, minutes on a loaded 2-core machine); .ci/run runs it
+@pytest.mark.slow
 def test_epoch_race_quick_on_cpu(tmp_path):
     done = subprocess.run([sys.executable, "benchmarks/epoch.py", "--quick", "--device", "cpu"], cwd=REPO,
                           capture_output=True, text=True, timeout=900, env=subprocess_env(US8K_CACHE_DIR=str(tmp_path)))

@@ -328,6 +328,8 @@ def resume_to_end_and_compare(command: list[str], folder: RunFolder, expected: R
 
 # --- tests -------------------------------------------------------------------------------------------
 
+# slow: several killed and resumed CLI runs; .ci/run runs it
+@pytest.mark.slow
 def test_killed_while_caching_and_between_folds_resumes_to_the_same_outputs(
         tiny_data, params_file, uninterrupted, tmp_path):
     setup = Setup(epochs=1)
@@ -395,6 +397,8 @@ def wait_for_lock(process: subprocess.Popen, folder: RunFolder, log_name: str) -
         time.sleep(0.01)
 
 
+# slow: waits for a live run to hold its lock, then for its death; .ci/run runs it
+@pytest.mark.slow
 def test_a_second_run_on_the_same_folder_is_refused_until_the_first_dies(tiny_data, params_file, tmp_path):
     setup = Setup(epochs=20, folds="1")  # long enough to outlive the second run's start-up; it is killed anyway
     folder = RunFolder(tmp_path)

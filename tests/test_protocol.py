@@ -63,6 +63,8 @@ def ten_fold_options(out, tmp_path, **extra):
                         progress=False, max_clips_per_fold=4, protocol="us8k-10fold", **extra)
 
 
+# slow: trains every fold of the ten-fold protocol twice; .ci/run runs it
+@pytest.mark.slow
 def test_the_test_fold_never_chooses_the_epoch(official, tmp_path):
     from core.plots import read_plot_data
 

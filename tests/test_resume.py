@@ -30,6 +30,9 @@ def run(command: list[str], cwd: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+# slow: a killed CLI run resumed against an uninterrupted one (test_crash_consistency and
+# test_trainer's out-of-memory resume cover resuming in the default run); .ci/run runs it
+@pytest.mark.slow
 def test_killed_then_resumed_equals_uninterrupted(tiny_data, tmp_path, isolated_cache):
     epochs = 3
     run(train_command(tiny_data, tmp_path / "straight", epochs), tmp_path)
