@@ -92,8 +92,8 @@ def read_probabilities(path: str | os.PathLike) -> ProbabilityTable:
     """Read a probability CSV with columns `ID` and `0..9` (`TARGET` and other columns are ignored),
     or, from a data set other than UrbanSound8K, `ID`, `TARGET` and one column per class name."""
     path = Path(path)
-    frame, classes = _read_csv(path, keys=["ID"], what="a probability file (ID,TARGET,0..9)",
-                               probabilities=True)
+    frame, classes = _read_csv(path, keys=["ID"], probabilities=True,
+                               what="a probability file (ID,TARGET and 0..9 or one column per class)")
     ids = _integer_ids(frame, path)
     _refuse_duplicate_keys(ids, path, "ID")
     return ProbabilityTable(path, ids, _probability_matrix(frame, path, ids, classes), tuple(classes))
@@ -102,8 +102,8 @@ def read_probabilities(path: str | os.PathLike) -> ProbabilityTable:
 def read_oof(path: str | os.PathLike) -> OofTable:
     """Read an OOF CSV (`slice_file_name,fold,classID,TARGET` and 0..9 or class names); clips must be unique."""
     path = Path(path)
-    frame, classes = _read_csv(path, keys=["slice_file_name", "fold", "classID"],
-                               what="an OOF file (slice_file_name,fold,classID,TARGET,0..9)", probabilities=True)
+    frame, classes = _read_csv(path, keys=["slice_file_name", "fold", "classID"], probabilities=True,
+                               what="an OOF file (slice_file_name,fold,classID,TARGET and 0..9 or one column per class)")
     clips = frame["slice_file_name"]
     empty = clips.isna() | (clips.astype(str).str.strip() == "")
     if empty.any():

@@ -237,3 +237,17 @@ def test_solutions_of_different_data_sets_are_refused_by_name(pool_root):
                                  "  - own: beep, hum, whistle\n"
                                  "Select among solutions trained on the same data set (choose them with --solution).")
     assert [s.name for s in load_pool(root, ["own"])] == ["own"]
+
+
+def test_folds_of_one_solution_with_different_class_columns_are_refused(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 3, size=len(FOLDS) * CLIPS_PER_FOLD)
+    write_own_solution(tmp_path, "own", labels, strength=4.0, seed=1, classes=("beep", "hum", "whistle"))
+    path = tmp_path / "own" / "oof_fold2.csv"
+    pd.read_csv(path).rename(columns={"whistle": "chirp"}).to_csv(path, index=False)
+    with pytest.raises(UserError) as caught:
+        load_pool(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'own'}: OOF files with different class columns:\n"
+        "  - oof_fold1.csv: beep, hum, whistle\n  - oof_fold2.csv: beep, hum, chirp\n"
+        "  - oof_fold3.csv: beep, hum, whistle\n  - oof_fold4.csv: beep, hum, whistle\n"
+        "Every fold of a solution predicts the same classes; regenerate the odd ones.")
