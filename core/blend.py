@@ -2,7 +2,9 @@
 
 A member is one probability CSV (`<solution>/best_model_fold<k>.csv`, relative to the root) or a
 whole solution, which contributes the mean of its row-normalised `best_model_fold*.csv` files.
-Members are aligned by ID value and combined with the recipe's weights (equal by default):
+Members are aligned by ID value and combined with the recipe's weights (equal by default). Their
+probability columns are UrbanSound8K's 0..9 or, for another data set, its class names
+(core/predictions.py); every member must hold the same classes in the same order.
 
 - mean:    weighted arithmetic mean of row-normalised probabilities (the 91.3 submission's soft vote).
 - geomean: weighted mean of log(p + 1e-12) of row-normalised probabilities, then softmax
@@ -25,9 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core import PROB_COLUMNS
 from core.errors import UserError, format_problems
-from core.predictions import align_positions, read_probabilities, row_normalise
+from core.predictions import ProbabilityTable, align_positions, describe_classes, read_probabilities, row_normalise
 from core.solution_folder import SolutionFolder, fold_file_name
 
 METHODS = ("mean", "geomean", "rank")
@@ -81,6 +82,7 @@ class BlendResult:
     predictions: np.ndarray
     reports: tuple[MemberReport, ...]
     missing: tuple[str, ...]
+    classes: tuple[str, ...]  # the members' probability columns (0..9, or the data set's class names)
 
 
 # --- recipes -------------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ def blend(recipe: BlendRecipe, root: str | os.PathLike, allow_missing: bool = Fa
                   "(the result then differs from the full blend)." if present else "No member exists; check --root.")
         raise UserError(format_problems(f"{len(missing)} of {len(recipe.members)} blend members are missing under "
                                         f"{root}:", list(missing)) + "\n" + advice)
-    ids, member_probs = load_members([files[member] for member in present])
+    ids, member_probs, classes = load_members([files[member] for member in present])
     weights = [member.weight for member in present]
     spaces = [member_space(probs, recipe.method) for probs in member_probs]
     scores = finish(weighted_mean(spaces, weights), recipe.method)
@@ -219,14 +221,15 @@ def blend(recipe: BlendRecipe, root: str | os.PathLike, allow_missing: bool = Fa
     changed = rows_changed(spaces, weights, recipe.method, predictions)
     reports = tuple(MemberReport(member, files[member], float(np.mean(probs.argmax(axis=1) == predictions)), count)
                     for member, probs, count in zip(present, member_probs, changed, strict=True))
-    return BlendResult(replace(recipe, members=tuple(present)), ids, scores, predictions, reports, missing)
+    return BlendResult(replace(recipe, members=tuple(present)), ids, scores, predictions, reports, missing, classes)
 
 
-def load_members(member_file_groups: Sequence[Sequence[Path]]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(ascending IDs, one row-normalised probability matrix per member) aligned by ID.
+def load_members(member_file_groups: Sequence[Sequence[Path]]) -> tuple[np.ndarray, list[np.ndarray], tuple[str, ...]]:
+    """(ascending IDs, one row-normalised probability matrix per member, the class columns) aligned by ID.
 
     A member with several files (a solution) is the mean of its row-normalised files. Every file is
-    validated; one UserError lists the problems of all bad files.
+    validated; one UserError lists the problems of all bad files, and files with different class
+    columns (models of different data sets) are refused, each class list named with its files.
     """
     tables, problems = {}, []
     for path in dict.fromkeys(path for group in member_file_groups for path in group):
@@ -245,6 +248,9 @@ def load_members(member_file_groups: Sequence[Sequence[Path]]) -> tuple[np.ndarr
                                                   "replace this file.")
             except UserError as error:
                 problems.append(str(error))
+    mixed = different_classes(tables)
+    if mixed:
+        problems.append(mixed)
     if len(problems) == 1:
         raise UserError(problems[0])
     if problems:
@@ -252,7 +258,20 @@ def load_members(member_file_groups: Sequence[Sequence[Path]]) -> tuple[np.ndarr
     normalised = {path: row_normalise(table.probs[positions[path]]) for path, table in tables.items()}
     member_probs = [normalised[group[0]] if len(group) == 1 else np.mean([normalised[path] for path in group], axis=0)
                     for group in member_file_groups]
-    return ids, member_probs
+    return ids, member_probs, reference.classes
+
+
+def different_classes(tables: dict[Path, ProbabilityTable]) -> str | None:
+    """A message naming each class list and its files when the tables' class columns differ, else None."""
+    holders: dict[tuple[str, ...], list[str]] = {}
+    for path, table in tables.items():
+        holders.setdefault(table.classes, []).append(str(path))
+    if len(holders) < 2:
+        return None
+    lists = [f"classes {describe_classes(classes)} in {', '.join(paths[:3])}" + (", ..." if len(paths) > 3 else "")
+             for classes, paths in holders.items()]
+    return format_problems(f"the blend's members predict {len(holders)} different class lists:", lists) + (
+        "\nBlend only solutions trained on the same data set (the same classes, in the same order).")
 
 
 # --- combining -----------------------------------------------------------------------------------
@@ -315,12 +334,12 @@ def rows_changed(spaces: Sequence[np.ndarray], weights: Sequence[float], method:
 def submission_frame(result: BlendResult, order: np.ndarray | None = None, order_source: str = "--ids",
                      with_scores: bool = False) -> pd.DataFrame:
     """`ID,TARGET` in ascending ID order or in `order` (which must hold exactly the blended IDs);
-    `with_scores` adds the blended scores as columns 0..9."""
+    `with_scores` adds the blended scores as the members' class columns (0..9, or the class names)."""
     positions = np.arange(len(result.ids))
     if order is not None:
         positions = align_positions(order, result.ids, "the blended members", order_source,
                                     f"{order_source} must list exactly the IDs of the members.")
     frame = pd.DataFrame({"ID": result.ids[positions], "TARGET": result.predictions[positions]})
     if with_scores:
-        frame = pd.concat([frame, pd.DataFrame(result.scores[positions], columns=PROB_COLUMNS)], axis=1)
+        frame = pd.concat([frame, pd.DataFrame(result.scores[positions], columns=list(result.classes))], axis=1)
     return frame

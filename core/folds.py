@@ -58,7 +58,7 @@ def fold_roles(protocol: str, key: int, folds: tuple[int, ...] | None = None) ->
         if key not in folds:
             if folds == TRAIN_FOLDS:
                 raise UserError(f"the kaggle protocol trains folds 1-8 (fold model k validates on fold k; 9-10 are the test split); got fold {key}. Use --protocol us8k-10fold to test on every fold")
-            raise UserError(f"the kaggle protocol trains the data's folds {_span(folds)} (fold model k validates on "
+            raise UserError(f"the kaggle protocol trains the data's folds {fold_span(folds)} (fold model k validates on "
                             f"fold k); got fold {key}")
         return FoldRoles(key, tuple(f for f in folds if f != key), key, None)
     if protocol == "kfold":
@@ -67,7 +67,7 @@ def fold_roles(protocol: str, key: int, folds: tuple[int, ...] | None = None) ->
                             f"{len(folds or ())}")
         ordered = tuple(sorted(folds))
         if key not in ordered:
-            raise UserError(f"the kfold protocol tests the data's folds {_span(ordered)}; got fold {key}")
+            raise UserError(f"the kfold protocol tests the data's folds {fold_span(ordered)}; got fold {key}")
         validation = ordered[(ordered.index(key) + 1) % len(ordered)]
         return FoldRoles(key, tuple(f for f in ordered if f not in (key, validation)), validation, key)
     if protocol == "us8k-10fold":
@@ -87,7 +87,7 @@ def protocol_folds(protocol: str, folds: tuple[int, ...] | None = None) -> tuple
     return ALL_FOLDS
 
 
-def _span(folds: tuple[int, ...]) -> str:
+def fold_span(folds: tuple[int, ...]) -> str:
     """(1, 2, 3, 4, 5) -> '1-5'; other sets listed."""
     ordered = sorted(folds)
     if ordered == list(range(ordered[0], ordered[-1] + 1)):

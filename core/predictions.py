@@ -40,13 +40,31 @@ def probability_columns(class_names: tuple[str, ...]) -> list[str]:
     return list(class_names)
 
 
+def class_columns_of(header: list[str]) -> list[str]:
+    """The probability columns of a prediction file with this `header`, in file order.
+
+    A header with any all-digit column is UrbanSound8K's format (columns 0..9, other columns
+    ignored); otherwise every column that is not a key column (ID, slice_file_name, fold, classID,
+    TARGET) is a class, named as `probability_columns` wrote it.
+    """
+    if any(name.strip().isdigit() for name in header):
+        return list(PROB_COLUMNS)
+    return [name for name in header if name not in KEY_COLUMNS]
+
+
+def describe_classes(columns: list[str] | tuple[str, ...]) -> str:
+    """Class columns as shown in messages: `0..9` for UrbanSound8K's, else the names."""
+    return f"{PROB_COLUMNS[0]}..{PROB_COLUMNS[-1]}" if list(columns) == PROB_COLUMNS else ", ".join(columns)
+
+
 @dataclass(frozen=True)
 class ProbabilityTable:
-    """A per-fold test probability file (`ID,TARGET,0..9`); `probs` as read (not normalised)."""
+    """A per-fold test probability file (`ID,TARGET,0..9` or `ID,TARGET,<class names>`); `probs` as read."""
 
     path: Path
     ids: np.ndarray     # int64, file order
-    probs: np.ndarray   # float64, (rows, NUM_CLASSES)
+    probs: np.ndarray   # float64, (rows, classes)
+    classes: tuple[str, ...] = tuple(PROB_COLUMNS)  # the probability columns, in file order
 
 
 @dataclass(frozen=True)
@@ -57,7 +75,8 @@ class OofTable:
     clips: np.ndarray   # slice_file_name (str), file order
     folds: np.ndarray   # int64
     labels: np.ndarray  # int64 true classID
-    probs: np.ndarray   # float64, (rows, NUM_CLASSES)
+    probs: np.ndarray   # float64, (rows, classes)
+    classes: tuple[str, ...] = tuple(PROB_COLUMNS)  # the probability columns, in file order
 
 
 @dataclass(frozen=True)
@@ -70,19 +89,21 @@ class LabelTable:
 
 
 def read_probabilities(path: str | os.PathLike) -> ProbabilityTable:
-    """Read a probability CSV with columns `ID` and `0..9` (`TARGET` and other columns are ignored)."""
+    """Read a probability CSV with columns `ID` and `0..9` (`TARGET` and other columns are ignored),
+    or, from a data set other than UrbanSound8K, `ID`, `TARGET` and one column per class name."""
     path = Path(path)
-    frame = _read_csv(path, required=["ID", *PROB_COLUMNS], what="a probability file (ID,TARGET,0..9)")
+    frame, classes = _read_csv(path, keys=["ID"], probabilities=True,
+                               what="a probability file (ID,TARGET and 0..9 or one column per class)")
     ids = _integer_ids(frame, path)
     _refuse_duplicate_keys(ids, path, "ID")
-    return ProbabilityTable(path, ids, _probability_matrix(frame, path, ids))
+    return ProbabilityTable(path, ids, _probability_matrix(frame, path, ids, classes), tuple(classes))
 
 
 def read_oof(path: str | os.PathLike) -> OofTable:
-    """Read an OOF CSV (`slice_file_name,fold,classID,TARGET,0..9`); clips must be unique."""
+    """Read an OOF CSV (`slice_file_name,fold,classID,TARGET` and 0..9 or class names); clips must be unique."""
     path = Path(path)
-    frame = _read_csv(path, required=["slice_file_name", "fold", "classID", *PROB_COLUMNS],
-                      what="an OOF file (slice_file_name,fold,classID,TARGET,0..9)")
+    frame, classes = _read_csv(path, keys=["slice_file_name", "fold", "classID"], probabilities=True,
+                               what="an OOF file (slice_file_name,fold,classID,TARGET and 0..9 or one column per class)")
     clips = frame["slice_file_name"]
     empty = clips.isna() | (clips.astype(str).str.strip() == "")
     if empty.any():
@@ -92,14 +113,14 @@ def read_oof(path: str | os.PathLike) -> OofTable:
     clips = clips.astype(str).to_numpy()
     _refuse_duplicate_keys(clips, path, "slice_file_name")
     folds = _integer_column(frame, path, "fold", clips, low=1, high=None)
-    labels = _integer_column(frame, path, "classID", clips, low=0, high=NUM_CLASSES - 1)
-    return OofTable(path, clips, folds, labels, _probability_matrix(frame, path, clips))
+    labels = _integer_column(frame, path, "classID", clips, low=0, high=len(classes) - 1)
+    return OofTable(path, clips, folds, labels, _probability_matrix(frame, path, clips, classes), tuple(classes))
 
 
 def read_submission(path: str | os.PathLike) -> LabelTable:
     """Read a submission `ID,TARGET` (TARGET = predicted class index 0..9)."""
     path = Path(path)
-    frame = _read_csv(path, required=["ID", "TARGET"], what="a submission (ID,TARGET)")
+    frame, _ = _read_csv(path, keys=["ID", "TARGET"], what="a submission (ID,TARGET)")
     return _label_table(frame, path, "TARGET")
 
 
@@ -112,14 +133,14 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         found = "both TARGET and classID" if present else f"neither (columns: {', '.join(header)})"
         raise UserError(f"{path}: a labels file needs exactly one label column, TARGET or classID; found {found}. "
                         "Keep the column that holds the true class.")
-    frame = _read_csv(path, required=["ID", present[0]], what=f"a labels file (ID,{present[0]})")
+    frame, _ = _read_csv(path, keys=["ID", present[0]], what=f"a labels file (ID,{present[0]})")
     return _label_table(frame, path, present[0])
 
 
 def read_ids(path: str | os.PathLike) -> np.ndarray:
     """The `ID` column of a CSV (e.g. kaggle_test.csv), in file order; IDs must be unique integers."""
     path = Path(path)
-    frame = _read_csv(path, required=["ID"], what="an ID list (a CSV with an ID column)")
+    frame, _ = _read_csv(path, keys=["ID"], what="an ID list (a CSV with an ID column)")
     ids = _integer_ids(frame, path)
     _refuse_duplicate_keys(ids, path, "ID")
     return ids
@@ -171,15 +192,21 @@ def _header(path: Path) -> list[str]:
         raise UserError(f"{path}: cannot read it as a UTF-8 CSV file ({error}).") from None
 
 
-def _read_csv(path: Path, required: list[str], what: str) -> pd.DataFrame:
+def _read_csv(path: Path, keys: list[str], what: str,
+              probabilities: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """The validated frame and, with `probabilities`, its probability columns (`class_columns_of`)."""
     header = _header(path)
+    classes = class_columns_of(header) if probabilities else []
     problems = []
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         problems.append(f"duplicate column(s): {', '.join(duplicated)}")
-    missing = [name for name in required if name not in header]
+    missing = [name for name in [*keys, *(classes if classes == PROB_COLUMNS else [])] if name not in header]
     if missing:
         problems.append(f"missing column(s): {', '.join(missing)}")
+    if probabilities and len(classes) < 2:
+        problems.append(f"no class columns: expected {PROB_COLUMNS[0]}..{PROB_COLUMNS[-1]} (UrbanSound8K) or one "
+                        "column per class name")
     stray_classes = [name for name in header if name.strip().isdigit() and name not in PROB_COLUMNS]
     if stray_classes:
         problems.append(f"unexpected class column(s) {', '.join(stray_classes)}: there are {NUM_CLASSES} classes, "
@@ -194,7 +221,7 @@ def _read_csv(path: Path, required: list[str], what: str) -> pd.DataFrame:
         raise UserError(f"{path}: cannot parse the CSV ({error}). Check the file.") from None
     if frame.empty:
         raise UserError(f"{path}: has a header but no rows. Regenerate the file.")
-    return frame
+    return frame, classes
 
 
 # --- validating ----------------------------------------------------------------------------------
@@ -237,8 +264,8 @@ def _refuse_duplicate_keys(keys: np.ndarray, path: Path, column: str) -> None:
             + f"\nEach {column} must appear once; remove the duplicates or regenerate the file.")
 
 
-def _probability_matrix(frame: pd.DataFrame, path: Path, keys: np.ndarray) -> np.ndarray:
-    columns = frame[PROB_COLUMNS]
+def _probability_matrix(frame: pd.DataFrame, path: Path, keys: np.ndarray, classes: list[str]) -> np.ndarray:
+    columns = frame[classes]
     if not all(pd.api.types.is_float_dtype(dtype) or pd.api.types.is_integer_dtype(dtype) for dtype in columns.dtypes):
         columns = columns.apply(pd.to_numeric, errors="coerce")
     probs = columns.to_numpy(dtype=np.float64)
@@ -247,11 +274,11 @@ def _probability_matrix(frame: pd.DataFrame, path: Path, keys: np.ndarray) -> np
     non_finite = np.flatnonzero(~finite.all(axis=1))
     if len(non_finite):
         problems.append(_first_rows("empty, non-numeric, NaN or infinite values", non_finite, keys,
-                                    lambda row: _bad_cells(frame, row, ~finite[row])))
+                                    lambda row: _bad_cells(frame, row, ~finite[row], classes)))
     negative = np.flatnonzero((probs < 0).any(axis=1))
     if len(negative):
         problems.append(_first_rows("negative values", negative, keys,
-                                    lambda row: _bad_cells(frame, row, probs[row] < 0)))
+                                    lambda row: _bad_cells(frame, row, probs[row] < 0, classes)))
     all_zero = np.flatnonzero((probs == 0).all(axis=1))
     if len(all_zero):
         problems.append(_first_rows("all-zero rows", all_zero, keys, lambda row: "every class is 0"))
@@ -261,7 +288,7 @@ def _probability_matrix(frame: pd.DataFrame, path: Path, keys: np.ndarray) -> np
         problems.append(_first_rows("values too large to add up (the row sum overflows)", overflowing, keys,
                                     lambda row: f"max {probs[row].max():g}"))
     if problems:
-        raise UserError(format_problems(f"{path}: invalid probabilities in columns {PROB_COLUMNS[0]}..{PROB_COLUMNS[-1]}:",
+        raise UserError(format_problems(f"{path}: invalid probabilities in columns {describe_classes(classes)}:",
                                         problems)
                         + "\nProbabilities must be finite, non-negative and not all zero in a row; "
                           "fix or regenerate the file.")
@@ -289,8 +316,8 @@ def _first_rows(problem: str, rows: np.ndarray, keys: np.ndarray, describe) -> s
     return f"{problem} in {len(rows)} row(s), first: {shown}"
 
 
-def _bad_cells(frame: pd.DataFrame, row: int, mask: np.ndarray) -> str:
-    return ", ".join(f"{column}={_shown(frame[column].iloc[row])}" for column, bad in zip(PROB_COLUMNS, mask, strict=True) if bad)
+def _bad_cells(frame: pd.DataFrame, row: int, mask: np.ndarray, classes: list[str]) -> str:
+    return ", ".join(f"{column}={_shown(frame[column].iloc[row])}" for column, bad in zip(classes, mask, strict=True) if bad)
 
 
 def _shown(value: object) -> str:

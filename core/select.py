@@ -7,7 +7,8 @@ already chosen) whose addition gives the highest OOF composite of the mean blend
 `max_steps` steps the prefix with the best composite is kept (the shortest on ties). A solution's
 weight is the number of times it was chosen. Candidates are tried in name order and only a
 strictly better score replaces the current best, so of two identical solutions only the first in
-name order is ever chosen (a duplicate does not split or inflate the weight).
+name order is ever chosen (a duplicate does not split or inflate the weight). The solutions must
+predict the same classes (the OOF files' class columns: 0..9, or another data set's class names).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from core.blend import BlendRecipe, Member, member_files
 from core.errors import UserError, format_problems
 from core.metrics import Scores, score
-from core.predictions import OofTable, align_positions, read_oof, row_normalise
+from core.predictions import OofTable, align_positions, describe_classes, read_oof, row_normalise
 from core.solution_folder import SolutionFolder
 
 
@@ -35,6 +36,7 @@ class SolutionOof:
     labels: np.ndarray
     probs: np.ndarray     # row-normalised
     test_files: int       # best_model_fold*.csv files beside the OOF files (what `blend` will average)
+    classes: tuple[str, ...]  # the OOF files' probability columns (0..9, or the class names)
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,19 @@ def load_solution_oof(root: str | os.PathLike, name: str) -> SolutionOof:
     if problems:
         raise UserError(format_problems(f"{folder}: OOF files disagree with their names:", problems)
                         + "\nEach oof_fold<k>.csv must hold the clips of held-out fold k; regenerate them.")
+    class_lists = {table.classes for table in tables}
+    if len(class_lists) > 1:
+        raise UserError(format_problems(f"{folder}: OOF files with different class columns:",
+                                        [f"{table.path.name}: {describe_classes(table.classes)}" for table in tables])
+                        + "\nEvery fold of a solution predicts the same classes; regenerate the odd ones.")
     clips = np.concatenate([table.clips for table in tables])
     _refuse_repeated_clips(clips, tables, folder)
     order = np.argsort(clips, kind="stable")
     probs = row_normalise(np.concatenate([table.probs for table in tables]))
     labels = np.concatenate([table.labels for table in tables])
     test_files = len(member_files(Member(name, solution=True), Path(root)))
-    return SolutionOof(name, tuple(sorted(files)), clips[order], labels[order], probs[order], test_files)
+    return SolutionOof(name, tuple(sorted(files)), clips[order], labels[order], probs[order], test_files,
+                       tables[0].classes)
 
 
 def load_pool(root: str | os.PathLike, names: Sequence[str] | None = None) -> tuple[SolutionOof, ...]:
@@ -93,6 +101,11 @@ def load_pool(root: str | os.PathLike, names: Sequence[str] | None = None) -> tu
         raise UserError(f"{root}: no solution folder holds oof_fold*.csv files. Train solutions first.")
     pool = tuple(load_solution_oof(root, name) for name in chosen)
     reference = pool[0]
+    mixed = [solution for solution in pool if solution.classes != reference.classes]
+    if mixed:
+        raise UserError(format_problems("the solutions predict different classes:", [
+            f"{solution.name}: {describe_classes(solution.classes)}" for solution in (reference, *mixed)])
+            + "\nSelect among solutions trained on the same data set (choose them with --solution).")
     for solution in pool[1:]:
         positions = align_positions(reference.clips, solution.clips, f"solution {solution.name} (folds "
                                     f"{_folds(solution)})", f"solution {reference.name} (folds {_folds(reference)})",

@@ -602,3 +602,73 @@ def test_finish_is_a_row_wise_softmax_that_never_overflows():
     np.testing.assert_allclose(finish(averaged, "geomean"), [[1.0, 0.0], [1 - second, second], [1 - second, second]],
                                rtol=1e-12, atol=1e-300)
     assert finish(averaged, "mean") is averaged and finish(averaged, "rank") is averaged
+
+
+# --- another data set's solutions: class-named columns ------------------------------------------------
+
+OWN_CLASSES = ("beep", "hum", "whistle")
+
+
+def write_own_solution(folder: Path, folds_probs: dict[int, np.ndarray], classes=OWN_CLASSES) -> None:
+    """best_model_fold<k>.csv as training writes them for a data set other than UrbanSound8K."""
+    from core.train.solution import with_probabilities
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for fold, probs in folds_probs.items():
+        ids = pd.DataFrame({"ID": np.arange(len(probs))})
+        with_probabilities(ids, probs, classes).to_csv(folder / f"best_model_fold{fold}.csv", index=False)
+
+
+def test_blend_reads_and_writes_the_class_named_columns_of_another_data_set(tmp_path):
+    rng = np.random.default_rng(7)
+    a1, a2, b1 = (rng.dirichlet(np.ones(3), size=20) for _ in range(3))
+    write_own_solution(tmp_path / "a", {1: a1, 2: a2})
+    write_own_solution(tmp_path / "b", {1: b1})
+    assert pd.read_csv(tmp_path / "a/best_model_fold1.csv").columns.tolist() == ["ID", "TARGET", *OWN_CLASSES]
+    recipe = tmp_path / "own.toml"
+    recipe.write_text('method = "mean"\n[solutions]\na = 1\nb = 3\n')
+    out = tmp_path / "own.csv"
+    done = run_cli("blend", "--recipe", recipe, "--root", tmp_path, "--out", out, "--probs")
+    assert done.returncode == 0, done.stderr
+    expected = (1 * (a1 + a2) / 2 + 3 * b1) / 4  # the Dirichlet rows already sum to 1
+    written = pd.read_csv(out)
+    assert written.columns.tolist() == ["ID", "TARGET", *OWN_CLASSES]
+    np.testing.assert_allclose(written[list(OWN_CLASSES)].to_numpy(), expected, rtol=1e-9)
+    assert written["TARGET"].tolist() == expected.argmax(axis=1).tolist()
+    counts = np.bincount(expected.argmax(axis=1), minlength=3)
+    assert (f"predicted class counts: beep: {counts[0]}, hum: {counts[1]}, whistle: {counts[2]}") in done.stdout
+    assert "ID,TARGET + blended probabilities beep, hum, whistle" in done.stdout
+
+
+def test_members_with_different_class_lists_are_refused_by_name(tmp_path):
+    rng = np.random.default_rng(8)
+    write_own_solution(tmp_path / "a", {1: rng.dirichlet(np.ones(3), size=5)})
+    write_own_solution(tmp_path / "other", {1: rng.dirichlet(np.ones(2), size=5)}, classes=("cat", "dog"))
+    write_probs(tmp_path / "us8k/best_model_fold1.csv", random_probs(5, 9))
+    with pytest.raises(UserError) as caught:
+        blend(parse_blend_recipe({"solutions": {"a": 1, "other": 1, "us8k": 1}}, "test"), tmp_path)
+    assert str(caught.value) == (
+        "the blend's members predict 3 different class lists:\n"
+        f"  - classes beep, hum, whistle in {tmp_path / 'a/best_model_fold1.csv'}\n"
+        f"  - classes cat, dog in {tmp_path / 'other/best_model_fold1.csv'}\n"
+        f"  - classes 0..9 in {tmp_path / 'us8k/best_model_fold1.csv'}\n"
+        "Blend only solutions trained on the same data set (the same classes, in the same order).")
+    # The same classes in another order are other columns: refused too, never silently re-indexed.
+    write_own_solution(tmp_path / "b", {1: rng.dirichlet(np.ones(3), size=5)}, classes=("hum", "beep", "whistle"))
+    with pytest.raises(UserError, match="2 different class lists"):
+        blend(parse_blend_recipe({"solutions": {"a": 1, "b": 1}}, "test"), tmp_path)
+
+
+def test_a_class_named_file_with_a_bad_value_names_its_class_column(tmp_path):
+    write_own_solution(tmp_path / "a", {1: np.full((3, 3), 1 / 3)})
+    path = tmp_path / "a/best_model_fold1.csv"
+    frame = pd.read_csv(path)
+    frame.loc[1, "hum"] = -0.5
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError) as caught:
+        blend(files_recipe("a/best_model_fold1.csv"), tmp_path)
+    assert str(caught.value).startswith(f"{path}: invalid probabilities in columns beep, hum, whistle:\n"
+                                        "  - negative values in 1 row(s), first: line 3 (ID 1): hum=-0.5")
+    pd.DataFrame({"ID": [0, 1], "TARGET": [0, 0]}).to_csv(path, index=False)  # no class column at all
+    with pytest.raises(UserError, match="no class columns: expected 0..9 \\(UrbanSound8K\\) or one column per class"):
+        blend(files_recipe("a/best_model_fold1.csv"), tmp_path)

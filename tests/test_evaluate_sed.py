@@ -90,3 +90,45 @@ def test_the_command_prints_every_figure_as_json(tmp_path):
     assert figures["event_based"]["overall"]["f1"] == pytest.approx(0.5)
     assert figures["segment_based"]["overall"]["error_rate"] == pytest.approx(0.75)
     assert REPO.exists()
+
+
+def test_the_classes_scored_come_from_the_event_lists_and_the_score_tables(tmp_path):
+    """Another data set's labels are scored alone; a score table adds the model's classes without events."""
+    own_reference = REFERENCE.assign(event_label=["beep", "hum"])
+    own_predicted = PREDICTED.assign(event_label=["beep", "hum"])
+    figures = event_metrics(own_predicted, own_reference, ["a.wav"])
+    assert set(figures["segment_based"]["per_class"]) == set(figures["event_based"]["per_class"]) == {"beep", "hum"}
+    assert figures["event_based"]["overall"]["f1"] == pytest.approx(0.5)  # the hand computation above, renamed
+
+    starts = np.arange(20) * 0.5
+    table = pd.DataFrame({"onset": starts, "offset": starts + 0.5, "beep": 0.0, "hum": 0.0, "whistle": 0.0})
+    table.loc[starts < 2, "beep"] = 1.0
+    table.loc[(starts >= 3) & (starts < 5), "hum"] = 1.0
+    write_score_table(table, tmp_path / "scores", "a.wav")
+    write_event_list(own_predicted, tmp_path / "pred.tsv")
+    write_event_list(own_reference, tmp_path / "ref.tsv")
+    result = subprocess.run([sys.executable, "-m", "core", "evaluate-sed", "--events", tmp_path / "pred.tsv",
+                             "--reference", tmp_path / "ref.tsv", "--scores", tmp_path / "scores", "--json"],
+                            capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout)
+    assert list(scored["segment_based"]["per_class"]) == ["beep", "hum", "whistle"]
+    assert scored["psds"]["classes"] == ["beep", "hum"]  # PSDS: the classes with reference events
+    assert scored["event_based"]["overall"] == figures["event_based"]["overall"]  # whistle has no event: no change
+
+
+def test_urbansound8k_figures_are_unchanged_and_its_score_tables_bring_its_ten_classes(tmp_path):
+    from core.sed.formats import score_table_classes
+
+    before = event_metrics(PREDICTED, REFERENCE, ["a.wav"], CLASS_NAMES)  # what every run scored until now
+    now = event_metrics(PREDICTED, REFERENCE, ["a.wav"])
+    assert sorted(before["segment_based"]["per_class"]) == sorted(CLASS_NAMES)
+    for kind in ("segment_based", "event_based"):
+        assert now[kind]["overall"] == before[kind]["overall"]
+        assert now[kind]["per_class"] == {label: before[kind]["per_class"][label] for label in ("dog_bark", "siren")}
+    starts = np.arange(4) * 0.5
+    write_score_table(pd.DataFrame({"onset": starts, "offset": starts + 0.5, **dict.fromkeys(CLASS_NAMES, 0.1)}),
+                      tmp_path, "a.wav")
+    assert score_table_classes(tmp_path, ["a.wav"]) == list(CLASS_NAMES)
+    with_tables = event_metrics(PREDICTED, REFERENCE, ["a.wav"], score_table_classes(tmp_path, ["a.wav"]))
+    assert json.dumps(with_tables, sort_keys=True) == json.dumps(before, sort_keys=True)  # NaN (no event) compares

@@ -18,6 +18,7 @@ from conftest import REPO, subprocess_env
 
 from core.cli import app, main
 from core.commands import options as option_domains
+from core.errors import UserError
 
 COMMAND = typer.main.get_command(app)
 STRICTLY_POSITIVE_VALUES = ("0", "-1", "nan", "inf")
@@ -207,3 +208,44 @@ def test_cache_dir_option_reaches_the_audio_cache(name, tiny_data, tmp_path, mon
     finally:
         sys.argv = old_argv
     assert asked == [chosen]
+
+
+def test_train_folds_are_checked_against_the_data_sets_folds_before_any_work(tmp_path, monkeypatch, capsys):
+    """Beyond UrbanSound8K's 1-10 a data set's folds are trainable; a fold it lacks is one usage line."""
+    from test_own_data import write_csv_set
+
+    tones = {"a": 300.0, "b": 900.0, "c": 2000.0}
+    twelve = write_csv_set(tmp_path / "twelve", tones, clips_per_fold=1, folds=12)
+    three_and_test = write_csv_set(tmp_path / "three", tones, clips_per_fold=1, folds=3, test_clips=1)
+    trained = []
+
+    def stop_before_training(recipe, source, options):
+        trained.append(options.folds)
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr("core.train.solution.train_solution", stop_before_training)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    out = tmp_path / "out"
+    base = ["train", "resnet34_pcen_sam_8fold", "--out", str(out)]
+    code, _, err = run_main([*base, "--data", str(twelve), "--protocol", "kfold", "--folds", "11,12"], capsys)
+    assert (code, trained) == (2, [(11, 12)]) and "stopped by the test" in err  # the door let 11 and 12 through
+
+    refusals = [(["--folds", "13", "--data", str(twelve), "--protocol", "kfold"],
+                 f"--folds 13: fold(s) 13 outside the folds --protocol kfold trains on {twelve.resolve()}: 1-12."),
+                (["--protocol", "kfold", "--folds", "2,14,15", "--data", str(twelve)],
+                 f"--folds 2,14,15: fold(s) 14,15 outside the folds --protocol kfold trains on {twelve.resolve()}: "
+                 "1-12."),
+                (["--data", str(three_and_test), "--folds", "4"],  # kaggle: the folds beside the test split
+                 f"--folds 4: fold(s) 4 outside the folds --protocol kaggle trains on {three_and_test.resolve()}: 1-3."),
+                (["--folds", "9", "--protocol", "kfold"],  # no --data: the demo set, refused before it is built
+                 "Invalid value for '--folds': folds must lie in 1-8; got '9': --protocol kfold on the demo set "
+                 "trains folds 1-8. (see: ")]
+    for argv, message in refusals:
+        code, out_text, err = run_main([*base, *argv], capsys)
+        lines = err.strip().splitlines()
+        assert (code, out_text, len(lines)) == (2, "", 1) and lines[0].startswith(f"error: {message}"), (argv, err)
+    assert trained == [(11, 12)] and not out.exists() and list(workdir.iterdir()) == []
+    code, _, err = run_main([*base, "--data", str(three_and_test), "--folds", "3"], capsys)
+    assert code == 2 and trained[-1] == (3,)

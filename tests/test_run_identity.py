@@ -187,3 +187,33 @@ def test_fields_added_later_read_as_their_defaults_in_older_identities():
     focal = RunIdentity({**here.fields, "training.trainer": "focal"})
     with pytest.raises(UserError, match="training.trainer: focal here, sam in last_fold3.pt"):
         check_identity(focal, {"fold": 3, "seed": 42}, "last_fold3.pt", 3, "delete last_fold3.pt")
+
+
+def test_an_identity_written_before_the_own_data_fields_reads_their_defaults(merged, two_paths, tmp_path):
+    """classes, init_from and freeze_backbone_epochs came later: a fold written without them was an
+    UrbanSound8K run from scratch, and keeps merging; a run that differs from those defaults is refused."""
+    out = copy_of(merged, tmp_path)
+    written = (out / "best_model_fold1.pt").stat().st_mtime_ns
+    result = json.loads((out / "result_fold1.json").read_text())
+    own_data_fields = ("classes", "init_from", "freeze_backbone_epochs")
+    assert {name: result["identity"][name] for name in own_data_fields} == {
+        "classes": ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
+                    "gun_shot", "jackhammer", "siren", "street_music"], "init_from": None, "freeze_backbone_epochs": 0}
+    for name in own_data_fields:
+        del result["identity"][name]
+    (out / "result_fold1.json").write_text(json.dumps(result))
+
+    summary = train_solution(recipe(), load_source(two_paths[0]), options_for(out, (1,)))
+    assert (out / "best_model_fold1.pt").stat().st_mtime_ns == written  # reused, not retrained
+    assert set(summary.folds) == {1, 2}  # merged with fold 2
+
+    with pytest.raises(UserError) as refused:
+        train_solution(recipe(), load_source(two_paths[0]), options_for(out, (1,), freeze_backbone_epochs=1))
+    assert "freeze_backbone_epochs: 1 here, 0 in result_fold1.json (pass --freeze-backbone-epochs 0)" in str(
+        refused.value)
+    here = RunIdentity({"fold": 1, "classes": ["a", "b"], "init_from": None})
+    with pytest.raises(UserError) as refused:
+        check_identity(here, {"fold": 1}, "/out/result_fold1.json", 1, "delete it")
+    message = str(refused.value)
+    assert "classes: ['a', 'b'] here, ['air_conditioner'," in message and "init_from" not in message
+    check_identity(RunIdentity({"fold": 1, "init_from": None}), {"fold": 1}, "/out/result_fold1.json", 1, "delete it")

@@ -180,3 +180,74 @@ def test_unknown_solution_and_empty_root_are_refused(pool_root, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no solution folder holds oof_fold"):
         load_pool(tmp_path / "empty")
+
+
+def write_own_solution(root: Path, name: str, labels: np.ndarray, strength: float, seed: int,
+                       classes: tuple[str, ...]) -> None:
+    """oof_fold<k>.csv and best_model_fold<k>.csv as training writes them for a data set other than UrbanSound8K."""
+    from core.train.solution import with_probabilities
+
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True)
+    for fold in FOLDS:
+        rows = slice((fold - 1) * CLIPS_PER_FOLD, fold * CLIPS_PER_FOLD)
+        logits = rng.normal(size=(CLIPS_PER_FOLD, len(classes)))
+        logits[np.arange(CLIPS_PER_FOLD), labels[rows]] += strength
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        clips = pd.DataFrame({"slice_file_name": [f"clip{i:04d}.wav" for i in range(rows.start, rows.stop)],
+                              "fold": fold, "classID": labels[rows]})
+        with_probabilities(clips, probs, classes).to_csv(folder / f"oof_fold{fold}.csv", index=False)
+        test_ids = pd.DataFrame({"ID": np.arange(TEST_ROWS)})
+        with_probabilities(test_ids, rng.dirichlet(np.ones(len(classes)), size=TEST_ROWS), classes).to_csv(
+            folder / f"best_model_fold{fold}.csv", index=False)
+
+
+def test_select_on_another_data_set_reads_its_class_named_columns(tmp_path):
+    classes = ("beep", "hum", "whistle")
+    labels = np.random.default_rng(0).integers(0, len(classes), size=len(FOLDS) * CLIPS_PER_FOLD)
+    write_own_solution(tmp_path, "strong", labels, strength=4.0, seed=1, classes=classes)
+    write_own_solution(tmp_path, "weak", labels, strength=1.0, seed=2, classes=classes)
+    assert pd.read_csv(tmp_path / "strong/oof_fold1.csv").columns.tolist()[-3:] == list(classes)
+    selection = select(tmp_path, max_steps=5)
+    assert [solution.classes for solution in selection.pool] == [classes, classes]
+    singles = dict(zip([solution.name for solution in selection.pool], selection.single_scores, strict=True))
+    for name in ("strong", "weak"):
+        frame = pd.concat([pd.read_csv(tmp_path / name / f"oof_fold{fold}.csv") for fold in FOLDS])
+        y_pred = frame[list(classes)].to_numpy().argmax(axis=1)
+        composite = 0.8 * accuracy_score(frame["classID"], y_pred) + 0.2 * f1_score(frame["classID"], y_pred,
+                                                                                      average="macro")
+        assert singles[name].composite == pytest.approx(composite)
+    assert selection.steps[0][0] == "strong"
+
+    recipe_path, out = tmp_path / "own.toml", tmp_path / "own.csv"
+    assert run_cli("select", "--root", tmp_path, "--out", recipe_path, "--max", "5").returncode == 0
+    done = run_cli("blend", "--recipe", recipe_path, "--root", tmp_path, "--out", out, "--probs")
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(out).columns.tolist() == ["ID", "TARGET", *classes]
+
+
+def test_solutions_of_different_data_sets_are_refused_by_name(pool_root):
+    root, _ = pool_root
+    labels = np.random.default_rng(0).integers(0, 3, size=len(FOLDS) * CLIPS_PER_FOLD)
+    write_own_solution(root, "own", labels, strength=4.0, seed=1, classes=("beep", "hum", "whistle"))
+    with pytest.raises(UserError) as caught:
+        load_pool(root)
+    assert str(caught.value) == ("the solutions predict different classes:\n  - medium: 0..9\n"
+                                 "  - own: beep, hum, whistle\n"
+                                 "Select among solutions trained on the same data set (choose them with --solution).")
+    assert [s.name for s in load_pool(root, ["own"])] == ["own"]
+
+
+def test_folds_of_one_solution_with_different_class_columns_are_refused(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 3, size=len(FOLDS) * CLIPS_PER_FOLD)
+    write_own_solution(tmp_path, "own", labels, strength=4.0, seed=1, classes=("beep", "hum", "whistle"))
+    path = tmp_path / "own" / "oof_fold2.csv"
+    pd.read_csv(path).rename(columns={"whistle": "chirp"}).to_csv(path, index=False)
+    with pytest.raises(UserError) as caught:
+        load_pool(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path / 'own'}: OOF files with different class columns:\n"
+        "  - oof_fold1.csv: beep, hum, whistle\n  - oof_fold2.csv: beep, hum, chirp\n"
+        "  - oof_fold3.csv: beep, hum, whistle\n  - oof_fold4.csv: beep, hum, whistle\n"
+        "Every fold of a solution predicts the same classes; regenerate the odd ones.")

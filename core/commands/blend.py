@@ -29,7 +29,7 @@ def blend_command(
                                        help="Blend the members that exist and list the missing ones (default: refuse)."),
     ids: Path | None = typer.Option(None, "--ids", help="CSV with an ID column (e.g. kaggle_test.csv): output row order."),
     method: str | None = typer.Option(None, "--method", help="mean | geomean | rank (default: the recipe's method, else mean)."),
-    probs: bool = typer.Option(False, "--probs", help="Also write the blended scores as columns 0..9."),
+    probs: bool = typer.Option(False, "--probs", help="Also write the blended scores as columns 0..9 (another data set's: its class names)."),
 ) -> None:
     """Soft-vote probability CSVs (aligned by ID) into a submission; never substitutes a missing member."""
     from dataclasses import replace
@@ -41,7 +41,7 @@ def blend_command(
     from core.atomic import write_csv
     from core.blend import blend, check_method, load_blend_recipe, parse_blend_recipe, submission_frame
     from core.errors import UserError
-    from core.predictions import read_ids
+    from core.predictions import describe_classes, read_ids
 
     if bool(members) == (recipe is not None):
         raise UserError("give member CSVs or --recipe FILE (exactly one of the two).")
@@ -60,10 +60,11 @@ def blend_command(
                       f"{len(result.missing) + len(result.reports)} members):[/] {escape(', '.join(result.missing))}",
                       soft_wrap=True, highlight=False)
     class_counts = np.bincount(result.predictions, minlength=result.scores.shape[1])
-    counts = ", ".join(f"{index}: {count}" for index, count in enumerate(class_counts))
+    counts = ", ".join(f"{name}: {count}" for name, count in zip(result.classes, class_counts, strict=True))
     console.print(f"predicted class counts: {counts}", soft_wrap=True, highlight=False, markup=False)
-    note = " + blended ranks (not probabilities) as 0..9" if probs and plan.method == "rank" else (
-        " + blended probabilities 0..9" if probs else "")
+    columns = describe_classes(result.classes)
+    note = f" + blended ranks (not probabilities) as {columns}" if probs and plan.method == "rank" else (
+        f" + blended probabilities {columns}" if probs else "")
     console.print(f"wrote {out} ({len(frame)} rows, ID,TARGET{note})", soft_wrap=True, highlight=False, markup=False)
 
 

@@ -24,15 +24,21 @@ def positive(value: float | None) -> float | None:
     return value
 
 
-def fold_numbers(text: str, allowed: tuple[int, ...]) -> tuple[int, ...]:
-    """'1,3' -> (1, 3), each fold in `allowed`; a BadParameter names the problem."""
+def fold_numbers(text: str, allowed: tuple[int, ...] | None) -> tuple[int, ...]:
+    """'1,3' -> (1, 3), each fold in `allowed` (None: any fold number >= 1); a BadParameter names the problem."""
     try:
         folds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise typer.BadParameter(f"takes comma-separated fold numbers like 1,3; got {text!r}.") from None
+    if allowed is None:
+        if not folds or min(folds) < 1:
+            raise typer.BadParameter(f"fold numbers are integers >= 1; got {text!r}.")
+        return folds
     outside = [fold for fold in folds if fold not in allowed]
     if not folds or outside:
-        raise typer.BadParameter(f"folds must lie in {allowed[0]}-{allowed[-1]}; got {text!r}.")
+        from core.folds import fold_span
+
+        raise typer.BadParameter(f"folds must lie in {fold_span(allowed)}; got {text!r}.")
     return folds
 
 
@@ -52,13 +58,18 @@ def kaggle_fold_list(value: str | None) -> str | None:
     return value
 
 
+# `train --folds`, `--protocol` and `--data` are parsed in the order they are typed, then the rest:
+# each one's callback checks the fold list once the other two are known (the last one parsed does it).
+_UNPARSED = object()
+
+
 def train_fold_list(context: typer.Context, value: str | None) -> str | None:
-    """Callback of `train --folds`: within the protocol's folds once --protocol is known (see train_protocol)."""
+    """Callback of `train --folds`: fold numbers >= 1, within the protocol's folds where they are known
+    before the data is read (us8k-10fold: 1-10; the demo set: 1-8). Another data set's folds are
+    checked once it is read (check_train_folds)."""
     if value is not None:
-        fold_numbers(value, ANY_FOLD)
-        protocol = context.params.get("protocol")
-        if protocol is not None:
-            _check_protocol_folds(value, protocol)
+        fold_numbers(value, None)
+        _check_known_folds(value, context.params.get("protocol"), context.params.get("data", _UNPARSED))
     return value
 
 
@@ -68,25 +79,43 @@ def train_protocol(context: typer.Context, value: str) -> str:
 
     if value not in PROTOCOLS:
         raise typer.BadParameter(f"must be one of {', '.join(PROTOCOLS)}; got {value!r}.")
-    folds = context.params.get("folds")
-    if folds is not None:
-        _check_protocol_folds(folds, value)
+    _check_known_folds(context.params.get("folds"), value, context.params.get("data", _UNPARSED))
     return value
 
 
-def _check_protocol_folds(text: str, protocol: str) -> None:
-    from core.folds import protocol_folds
+def train_data(context: typer.Context, value: Path | None) -> Path | None:
+    """Callback of `train --data`: without it (the demo set), --folds (if parsed first) within the demo's folds."""
+    _check_known_folds(context.params.get("folds"), context.params.get("protocol"), value)
+    return value
 
-    if protocol == "kfold":  # the data's folds: checked once the data is read (core/folds.py fold_roles)
+
+def _check_known_folds(text: str | None, protocol: str | None, data: object) -> None:
+    from core.folds import TRAIN_FOLDS, fold_span, protocol_folds
+
+    if text is None or protocol is None or data is _UNPARSED:
         return
-
-    allowed = protocol_folds(protocol)
+    if protocol == "us8k-10fold":
+        allowed, where = protocol_folds(protocol), "trains folds"
+    elif data is None:  # the demo set is in UrbanSound8K's Kaggle layout: folds 1-8 beside its test split
+        allowed, where = TRAIN_FOLDS, "on the demo set trains folds"
+    else:
+        return  # the data's folds: check_train_folds, once it is read
     try:
         fold_numbers(text, allowed)
     except typer.BadParameter as error:
-        raise typer.BadParameter(f"{error.message.rstrip('.')}: --protocol {protocol} trains folds "
-                                 f"{allowed[0]}-{allowed[-1]}.",
+        raise typer.BadParameter(f"{error.message.rstrip('.')}: --protocol {protocol} {where} {fold_span(allowed)}.",
                                  param_hint="'--folds'") from None
+
+
+def check_train_folds(folds: tuple[int, ...] | None, protocol: str, allowed: tuple[int, ...], data: Path) -> None:
+    """`train --folds` against the folds `protocol` trains on the data just read (before any work starts)."""
+    outside = [fold for fold in folds or () if fold not in allowed]
+    if outside:
+        from core.errors import UserError
+        from core.folds import fold_span
+
+        raise UserError(f"--folds {','.join(map(str, folds))}: fold(s) {','.join(map(str, outside))} outside the "
+                        f"folds --protocol {protocol} trains on {data}: {fold_span(allowed) if allowed else 'none'}.")
 
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")]

@@ -66,10 +66,11 @@ def evaluate_sed(
     import json
 
     from core.sed.evaluate import event_metrics, psds_metrics
-    from core.sed.formats import read_event_list, read_reference
+    from core.sed.formats import read_event_list, read_reference, score_table_classes
 
     truth, files = read_reference(reference)
-    figures = event_metrics(read_event_list(events), truth, files)
+    model_classes = score_table_classes(scores, files) if scores is not None else []
+    figures = event_metrics(read_event_list(events), truth, files, model_classes)
     if scores is not None:
         figures["psds"] = psds_metrics(scores, truth, files)
     if as_json:

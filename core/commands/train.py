@@ -15,7 +15,9 @@ from core.commands.options import (
     SkipBadAudio,
     TestSalience,
     Workers,
+    check_train_folds,
     positive,
+    train_data,
     train_fold_list,
     train_protocol,
     workers_count,
@@ -35,14 +37,14 @@ def parse_folds(text: str | None) -> tuple[int, ...] | None:
 
 def train(
     solution: str = typer.Argument(..., help="Solution name (see `solutions`)."),
-    data: Path | None = typer.Option(None, help="Data folder: UrbanSound8K (official or Kaggle layout), ESC-50, "
+    data: Path | None = typer.Option(None, callback=train_data, help="Data folder: UrbanSound8K (official or Kaggle layout), ESC-50, "
                                                 "metadata.csv or one folder per class; none: the synthetic demo set."),
     out: Path | None = typer.Option(None, help="Output folder [default: solutions/<solution>, or "
                                                "solutions/demo/<solution> without --data]."),
     submissions: Path | None = typer.Option(None, help="Folder for the fold-average submission <solution>.csv "
                                                        "[default: submissions, or submissions/demo without --data]."),
     folds: str | None = typer.Option(None, callback=train_fold_list, help="Validation folds to train, e.g. 1,3, "
-                                     "within the protocol's folds [default: the recipe's]."),
+                                     "within the folds the protocol trains on the data [default: the recipe's]."),
     epochs: int | None = typer.Option(None, min=1, help="Epochs per fold [default: the recipe's]."),
     batch_size: int | None = typer.Option(None, min=1, help="Batch size [default: the recipe's]."),
     accumulate: int = typer.Option(1, min=1, help="Split each SAM pass into K forward/backward calls of batch/K clips "
@@ -152,6 +154,11 @@ def train(
             data = ensure_demo_data()
         source = load_source(data, allow_fold_leakage=allow_fold_leakage, n_folds=n_folds,
                              group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds)
+        from core.folds import protocol_folds
+        from core.train.data import protocol_data_folds
+
+        check_train_folds(parse_folds(folds), protocol, protocol_folds(protocol, protocol_data_folds(source, protocol)),
+                          source.root)
         from core.train.solution import train_solution
 
         summary = train_solution(recipe, source, options)

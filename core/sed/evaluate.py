@@ -6,18 +6,19 @@
 - sed_scores_eval (Ebbers et al. 2022): PSDS1 and PSDS2 with the DCASE task 4 settings (PSDS1: DTC = GTC = 0.7,
   no cross-trigger, alpha_st = 1; PSDS2: DTC = GTC = 0.1, CTTC = 0.3, alpha_ct = 0.5, alpha_st = 1; both
   up to 100 false positives per hour) from the score tables of `detect --scores`.
-Files of the reference without a predicted event count as files with no detections. PSDS is computed over the
+Files of the reference without a predicted event count as files with no detections. The classes scored are
+those the event lists name and, with score tables, the model's (their columns). PSDS is computed over the
 classes that have reference events (sed_scores_eval refuses a class without any); the figures list them.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from core.errors import UserError
-from core.folds import URBANSOUND8K_CLASSES
 from core.sed.formats import audio_id
 
 SEGMENT_SECONDS = 1.0
@@ -57,14 +58,15 @@ def _figures(metric) -> dict:
     return {"overall": pick(overall), "per_class": {label: pick(per_class[label]) for label in per_class}}
 
 
-def event_metrics(predicted: pd.DataFrame, reference: pd.DataFrame, files: list[str]) -> dict:
-    """Segment- and event-based figures (module docstring) over `files` (event-list file names)."""
+def event_metrics(predicted: pd.DataFrame, reference: pd.DataFrame, files: list[str],
+                  classes: Sequence[str] = ()) -> dict:
+    """Segment- and event-based figures (module docstring) over `files` (event-list file names), per class
+    for the classes the two lists name and `classes` (the model's, from its score tables)."""
     with warnings.catch_warnings():  # sed_eval imports dcase_util, which imports the deprecated pkg_resources
         warnings.simplefilter("ignore")
         import sed_eval
 
-    # Soundscapes are mixed from UrbanSound8K: its classes are always scored, with those the event lists name.
-    labels = sorted(set(URBANSOUND8K_CLASSES) | set(reference["event_label"]) | set(predicted["event_label"]))
+    labels = sorted(set(classes) | set(reference["event_label"]) | set(predicted["event_label"]))
     segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=labels, time_resolution=SEGMENT_SECONDS)
     event = sed_eval.sound_event.EventBasedMetrics(event_label_list=labels, t_collar=T_COLLAR,
                                                    percentage_of_length=OFFSET_LENGTH_SHARE)

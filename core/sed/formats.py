@@ -38,6 +38,16 @@ def write_score_table(table: pd.DataFrame, folder: Path, audio: str) -> Path:
     return path
 
 
+def score_table_classes(folder: Path, files: list[str]) -> list[str]:
+    """The class columns (`onset offset <classes>`) of the score table of the first of `files` in `folder`;
+    none when that table is absent (psds_metrics names the missing tables)."""
+    path = Path(folder) / f"{audio_id(files[0])}.tsv" if files else None
+    if path is None or not path.is_file():
+        return []
+    header = pd.read_csv(path, sep="\t", nrows=0).columns
+    return [str(column) for column in header if column not in ("onset", "offset")]
+
+
 def read_event_list(path: Path) -> pd.DataFrame:
     """A DCASE event list TSV (header filename, onset, offset, event_label); rows without an event are kept out."""
     path = Path(path)

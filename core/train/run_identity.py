@@ -16,14 +16,19 @@ from typing import Any
 import pandas as pd
 
 from core.errors import UserError
+from core.folds import URBANSOUND8K_CLASSES
 from core.recipe import Recipe
 
 NOT_COMPUTATIONAL = ("name", "parent", "summary", "demo")  # recipe fields that change no number (name: "solution")
 NOT_PER_FOLD = ("training.folds", "training.epochs")        # which folds to train; epochs is its own field
 DATA_COLUMNS = ("slice_file_name", "fold", "classID", "salience")
 IDENTITY_KEY = "identity"
-# Fields added after outputs were first written: a stored identity without one had its default.
-ADDED_LATER = {"training.trainer": "sam", "accumulate": 1}
+# Fields added after outputs were first written: a stored identity without one had its default (the
+# value every run before it had), so that folds finished then still resume and merge. Own data (#20)
+# added classes (UrbanSound8K's until then), init_from and freeze_backbone_epochs; frontend.clip_seconds
+# needs no entry: a recipe field, it is in every identity ever written.
+ADDED_LATER: dict[str, Any] = {"training.trainer": "sam", "accumulate": 1, "classes": list(URBANSOUND8K_CLASSES),
+                               "init_from": None, "freeze_backbone_epochs": 0}
 
 # What to pass to get a stored value back, for the fields that a train option sets.
 OPTION_OF = {"epochs": "--epochs", "seed": "--seed", "precision": "--precision", "training.lr": "--lr",
@@ -84,7 +89,8 @@ def data_digest(table: pd.DataFrame) -> str:
 def check_identity(identity: RunIdentity, stored: dict | None, where: str, fold: int, retrain: str) -> None:
     """Refuse `stored` (read from `where`) unless it equals `identity`; name every differing field.
 
-    `retrain`: what to do to start the fold over, e.g. "delete result_fold3.json to train fold 3 again".
+    A field `stored` predates reads its default (ADDED_LATER). `retrain`: what to do to start the
+    fold over, e.g. "delete result_fold3.json to train fold 3 again".
     """
     if not isinstance(stored, dict):
         raise UserError(f"{where} has no run identity (written by an older version): it cannot be checked "
