@@ -65,6 +65,13 @@ ONNX_PARITY_ATOL = 1e-4  # probabilities: onnxruntime (CPU) vs the fold model in
 NCCL_ATOL, NCCL_RTOL = 1e-6, 1e-5  # as the gloo test: all-reduce sums in another order
 
 
+def true_fp32():
+    """cuDNN in true float32 for the fp32 comparisons: PyTorch's default lets fp32 convolutions use TF32 (10-bit
+    mantissa, u = 2**-11) on Ampere and later, far outside the fp32 tolerances below; deterministic algorithms,
+    so that the batch sizes compared (8 vs 2 x 4 under NCCL) do not pick kernels that sum in other orders."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
+
+
 def cuda(precision: str = "bf16", channels_last: bool = True) -> Runtime:
     """The real CUDA default: bf16 autocast, channels_last, cudnn.benchmark."""
     configure_backends(torch.device("cuda"))
@@ -152,7 +159,7 @@ def test_channels_last_gives_the_same_logits():
     plain = build_on_device(recipe, Runtime(torch.device("cuda"), "fp32", False), 0, 1).eval()
     layout = copy.deepcopy(plain).to(memory_format=torch.channels_last)
     waveforms = torch.randn(8, recipe.frontend.num_samples, device="cuda") * 0.1
-    with torch.no_grad():
+    with torch.no_grad(), true_fp32():
         torch.testing.assert_close(layout(waveforms), plain(waveforms), rtol=FP32_REL, atol=FP32_REL)
 
 
@@ -164,14 +171,14 @@ def test_onnx_export_of_a_model_trained_on_cuda(tmp_path):
     model = build_on_device(recipe, cuda(), 0, 1).train()
     clips = torch.stack([torch.from_numpy(demo_clip(index, recipe.frontend.sample_rate, recipe.frontend.num_samples))
                          for index in range(4)])
-    with torch.no_grad():
+    with torch.no_grad(), true_fp32():
         model(clips.cuda())  # BatchNorm statistics from real-looking clips
     folder = tmp_path / recipe.name
     folder.mkdir()
     checkpoint.save_best(folder / "best_model_fold1.pt", recipe, 1, 1, {}, model.eval())
     exported = export_onnx(folder, recipe.name, tmp_path / "model.onnx")
     assert exported.folds == (1,)
-    with torch.no_grad():
+    with torch.no_grad(), true_fp32():  # onnxruntime's CPU kernels are float32, not TF32
         expected = torch.softmax(model(clips.cuda()).float(), dim=1).cpu().numpy()
     session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"waveforms": clips.numpy()})[0]
@@ -237,8 +244,9 @@ def nccl_free_step(model: torch.nn.Module, waveforms: torch.Tensor, labels: torc
     inner = model.module if hasattr(model, "module") else model
     sam = SAM(inner.parameters(), torch.optim.SGD, rho=SAM_RHO, lr=SGD_LR)
     torch.manual_seed(4)
-    outcome = sam_step(model, sam, LossScaler(False), waveforms.to(device), labels.to(device), salience.to(device),
-                       Mix(MIX_LAMBDA, mix_index.to(device)), tiny_recipe(), runtime)
+    with true_fp32():  # the gloo test's fp32 tolerances (the parent's earlier tests left cudnn.benchmark on)
+        outcome = sam_step(model, sam, LossScaler(False), waveforms.to(device), labels.to(device),
+                           salience.to(device), Mix(MIX_LAMBDA, mix_index.to(device)), tiny_recipe(), runtime)
     assert outcome.taken
     return {name: param.detach().cpu().clone() for name, param in inner.named_parameters()}
 
