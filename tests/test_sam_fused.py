@@ -164,3 +164,24 @@ def test_a_resume_state_written_on_a_gpu_steps_on_the_cpu():
     assert all(group["capturable"] is True for group in target.param_groups)
     assert all(state["step"].dtype == torch.float32 and state["step"].device == param.device
                for param, state in target.base_optimizer.state.items())
+
+
+def test_the_fused_step_launches_fewer_operators_as_benchmarks_step_counts(monkeypatch):
+    """#18 point 4: the profiler count benchmarks/step.py prints (top-level operator calls on the CPU, each at least
+    one kernel launch on CUDA): SAM's norm + perturbation + restore take a handful of calls, not a few per
+    parameter tensor, and the whole step drops by as many."""
+    import importlib.util
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # step.py imports its sibling timing.py
+    spec = importlib.util.spec_from_file_location("benchmark_step", benchmarks / "step.py")
+    step_benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_benchmark)
+    recipe = tiny_recipe()
+    counts = step_benchmark.launch_counts(recipe, 4)
+    parameters = sum(1 for _ in build_model(recipe).parameters())
+    fused, loop = counts["fused"], counts["loop"]
+    assert loop["sam"] >= 4 * parameters  # norm, clone, multiply, add per tensor (and restore's copy)
+    assert fused["sam"] <= 16
+    assert loop["step"] - fused["step"] >= loop["sam"] - fused["sam"] - 16
