@@ -427,6 +427,17 @@ def test_out_of_memory_through_the_cli_is_one_line_without_a_traceback(tiny_data
     assert "no epoch finished yet" in stderr
 
 
+@pytest.mark.parametrize("batch_size, accumulate", [(2, 2), (1, 1)])
+def test_the_out_of_memory_answer_offers_only_what_this_run_can_take(batch_size, accumulate, source, tmp_path):
+    """--accumulate 2K only where 2K clips fit in the batch (it is refused beyond), --batch-size B/2 only for B > 1."""
+    recipe = shrunk("resnet34_pcen_sam_8fold", training=dict(batch_size=batch_size))
+    trainer = ready_trainer(recipe, source, tmp_path, max_clips_per_fold=1, accumulate=accumulate)
+    message = str(trainer.out_of_memory(1, 0))
+    assert f"--accumulate {2 * accumulate}" not in message and "sees 0 clips" not in message
+    assert ("--batch-size 1" in message) == (batch_size == 2)
+    assert "What helps: " in message and "--precision bf16" in message
+
+
 def test_accumulating_two_halves_takes_the_one_batch_step(source, tmp_path):
     """--accumulate 2 vs 1 on one batch: the same SAM(SGD) update within float32 rounding.
 
