@@ -2,7 +2,8 @@
 
 Under the real CUDA default (bf16 autocast, channels_last, cudnn.benchmark) these tests compare one
 SAM step with the CPU fp32 step from the same weights and batch, train 20 steps, take the fp16 path
-with its loss scaler, export to ONNX, and check a two-process NCCL step (needs 2 GPUs).
+with its loss scaler, export to ONNX, count the GPU waits of an epoch (torch.cuda sync debug mode), and
+check a two-process NCCL step (needs 2 GPUs).
 
 The SAM-step tolerance, derived from the unit roundoff u (bf16: 2**-8, fp16: 2**-11), relative to
 the update's own L2 norm (the update's scale), not from the logits' range:
@@ -32,6 +33,7 @@ import copy
 import dataclasses
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +214,46 @@ def test_compiled_backbone_gives_the_eager_loss(tiny_data, tmp_path):
     compiled = train_fold(recipe, data, 1, dataclasses.replace(base, out=tmp_path / "compiled", compile=True))
     assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=FP32_REL)
     assert compiled.history[0]["val_loss"] == pytest.approx(eager.history[0]["val_loss"], rel=10 * FP32_REL)
+
+
+# ------------------------------------------------------------------------------- no sync in the step
+
+def synchronising_calls(work) -> int:
+    """CUDA calls that make the host wait for the GPU while `work` runs (torch's sync debug mode, as warnings)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing CUDA operation" in str(warning.message) for warning in caught)
+
+
+def test_an_epoch_of_n_and_of_2n_steps_waits_on_the_gpu_equally_often(tiny_data, tmp_path):
+    """#18 point 2 on the GPU, under the real default: the CPU test counts Tensor reads; here CUDA itself says
+    which calls synchronise (blocking copies, .item(), ...). The epoch's totals are read once, at its end."""
+    from test_trainer import FixedBatches, ready_trainer, shrunk
+
+    from core.train.trainer import Batch
+
+    class OnTheDevice(FixedBatches):
+        def epoch_batches(self, seed):  # copied as FoldTrainer.epoch_batches copies the loader's batches
+            for batch in super().epoch_batches(seed):
+                yield Batch(*(tensor.to(self.runtime.device, non_blocking=True) for tensor in batch))
+
+    recipe = shrunk("resnet34_pcen_sam_8fold", augment=dict(wave_prob=0.0))
+    trainer = ready_trainer(recipe, load_source(tiny_data), tmp_path, OnTheDevice, device="cuda", precision="bf16",
+                            max_clips_per_fold=1)
+    assert trainer.runtime.channels_last and trainer.parts.sam.param_groups[0]["capturable"]
+    trainer.count = 2
+    trainer.train_epoch(1)  # AdamW's state, the guard's mirrors and cuDNN's autotuning exist from here on
+    waits = {}
+    for steps in (2, 4):
+        trainer.count = steps
+        waits[steps] = synchronising_calls(lambda: trainer.train_epoch(2))
+    assert waits[2] == waits[4] <= 1, waits
+    assert synchronising_calls(lambda: [torch.ones((), device="cuda").item() for _ in range(3)]) == 3
 
 
 # ---------------------------------------------------------------------------------------------- NCCL
