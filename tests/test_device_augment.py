@@ -149,11 +149,14 @@ def test_the_step_augments_on_cuda_by_default_and_the_workers_on_cpu():
     check_device_cache_allowed(WIDE, runs_on_device(WIDE, cuda, options))
 
 
-def test_a_recipe_range_audiomentations_would_assert_on_is_a_recipe_error():
+@pytest.mark.parametrize("build", [WaveAugment.from_augment, train_data.build_waveform_augmentation],
+                         ids=["on-the-device", "in-the-workers"])
+def test_a_recipe_range_audiomentations_would_assert_on_is_a_recipe_error(build):
+    """The same one-line error on both paths (the workers' audiomentations would raise a bare AssertionError)."""
     with pytest.raises(RecipeError, match="augment.noise_max = 0 must be at least 1e-06"):
-        WaveAugment.from_augment(Augment(wave_prob=0.5, noise_max=0.0))
+        build(Augment(wave_prob=0.5, noise_max=0.0))
     with pytest.raises(RecipeError, match="0 < gain_min <= gain_max"):
-        WaveAugment.from_augment(Augment(wave_prob=0.5, noise_max=0.01, gain_min=1.2, gain_max=0.8))
+        build(Augment(wave_prob=0.5, noise_max=0.01, gain_min=1.2, gain_max=0.8))
 
 
 # ------------------------------------------------------------------ end to end: a tiny fold trains on this path

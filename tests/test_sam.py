@@ -85,6 +85,20 @@ def test_loss_scaler_updates_on_the_device_from_a_flag():
     assert scaler.state_dict() == {"scale": 4.0, "good_steps": 1}
 
 
+def test_loss_scaler_follows_torch_gradscalers_rule():
+    """300 steps of taken/skipped flags: the scale equals the one torch.amp.GradScaler's own update kernel gives."""
+    flags = np.random.default_rng(0).random(300) < 0.8
+    scaler = LossScaler(enabled=True, scale=2.0 ** 10, growth_interval=3)
+    scale, growth_tracker = torch.tensor([2.0 ** 10]), torch.zeros(1, dtype=torch.int32)
+    seen = set()
+    for step, taken in enumerate(flags):
+        scaler.update(torch.tensor(bool(taken)))
+        torch._amp_update_scale_(scale, growth_tracker, torch.tensor([0.0 if taken else 1.0]), 2.0, 0.5, 3)
+        assert scaler.scale.item() == scale.item(), step
+        seen.add(scale.item())
+    assert max(seen) > 2.0 ** 10 > min(seen)  # it grew and backed off on the way
+
+
 def test_mixed_cross_entropy_is_the_lambda_weighted_sum():
     torch.manual_seed(1)
     logits = torch.randn(4, 10)

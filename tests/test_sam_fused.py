@@ -122,3 +122,66 @@ def test_restore_returns_the_exact_weights_and_is_idempotent(adaptive):
 def test_grad_norm_without_gradients_is_zero():
     sam = SAM(torch.nn.Linear(3, 2).parameters(), torch.optim.SGD, lr=0.1)
     assert sam.grad_norm().item() == 0.0
+
+
+def adamw_sam_after_one_step(**kwargs) -> tuple[torch.nn.Module, SAM]:
+    """A small model and SAM(AdamW) after one step on a fixed batch (AdamW's state then exists)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    sam = SAM(model.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-2, **kwargs)
+    sam_step_on(model, sam, seed=1)
+    return model, sam
+
+
+def sam_step_on(model: torch.nn.Module, sam: SAM, seed: int) -> None:
+    inputs = torch.randn(8, 6, generator=torch.Generator().manual_seed(seed))
+    for step in (sam.first_step, sam.second_step):
+        model(inputs).square().mean().backward()
+        step(zero_grad=True)
+
+
+def test_a_resume_state_written_on_a_gpu_steps_on_the_cpu():
+    """`capturable` (AdamW's step count on the GPU; the trainer sets it on CUDA) belongs to the machine, not the
+    state: a fold begun on CUDA resumes on the CPU (and the other way round) with this machine's setting."""
+    model, sam = adamw_sam_after_one_step()
+    saved = copy.deepcopy(sam.state_dict())
+    on_gpu = copy.deepcopy(saved)  # what the same step saves on CUDA, where the trainer makes AdamW capturable
+    for group in on_gpu["param_groups"]:
+        group["capturable"] = True
+    resumed = {}
+    for name, state in (("cpu", saved), ("gpu", on_gpu)):
+        copy_ = copy.deepcopy(model)
+        fresh = SAM(copy_.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-2)
+        fresh.load_state_dict(state)
+        assert all(group["capturable"] is False for group in fresh.param_groups), name
+        sam_step_on(copy_, fresh, seed=2)  # capturable on the CPU: AssertionError (needs a CUDA device)
+        resumed[name] = copy_.state_dict()
+    for key, value in resumed["cpu"].items():
+        assert torch.equal(resumed["gpu"][key], value), key
+    # The other way round: a CPU state loaded where AdamW is capturable stays capturable.
+    target = SAM(copy.deepcopy(model).parameters(), torch.optim.AdamW, rho=0.05, lr=1e-2, capturable=True)
+    target.load_state_dict(saved)
+    assert all(group["capturable"] is True for group in target.param_groups)
+    assert all(state["step"].dtype == torch.float32 and state["step"].device == param.device
+               for param, state in target.base_optimizer.state.items())
+
+
+def test_the_fused_step_launches_fewer_operators_as_benchmarks_step_counts(monkeypatch):
+    """#18 point 4: the profiler count benchmarks/step.py prints (top-level operator calls on the CPU, each at least
+    one kernel launch on CUDA): SAM's norm + perturbation + restore take a handful of calls, not a few per
+    parameter tensor, and the whole step drops by as many."""
+    import importlib.util
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # step.py imports its sibling timing.py
+    spec = importlib.util.spec_from_file_location("benchmark_step", benchmarks / "step.py")
+    step_benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_benchmark)
+    recipe = tiny_recipe()
+    counts = step_benchmark.launch_counts(recipe, 4)
+    parameters = sum(1 for _ in build_model(recipe).parameters())
+    fused, loop = counts["fused"], counts["loop"]
+    assert loop["sam"] >= 4 * parameters  # norm, clone, multiply, add per tensor (and restore's copy)
+    assert fused["sam"] <= 16
+    assert loop["step"] - fused["step"] >= loop["sam"] - fused["sam"] - 16

@@ -310,6 +310,56 @@ def test_a_nan_loss_skips_the_step_and_leaves_everything_as_it_was(source, tmp_p
         assert torch.equal(value, weights[key]), key
 
 
+@pytest.mark.parametrize("frozen_first", [False, True], ids=["first-step", "first-step-after-unfreezing"])
+def test_a_skipped_step_that_creates_adamw_state_leaves_its_initial_state(frozen_first):
+    """AdamW creates a parameter's state in its first step; when that step is skipped (NaN loss), the guard
+    leaves AdamW's initial state (zeros, step 0), so the next good step is bit for bit a first step.
+    `frozen_first`: a good step trains the head only (--freeze-backbone-epochs 1), then the backbone's first
+    step (its state created lazily) is the skipped one."""
+    from test_speed_equivalence import CPU_FP32
+
+    from core.model.network import build_model
+    from core.train import init_from
+    from core.train.precision import LossScaler
+    from core.train.trainer import SkipGuard, default_objective, sam_step
+
+    recipe = shrunk("resnet34_pcen_sam_8fold")
+    torch.manual_seed(0)
+    model = build_model(recipe).train()
+    generator = torch.Generator().manual_seed(1)
+    waveforms = 0.1 * torch.randn(8, recipe.frontend.num_samples, generator=generator)
+    labels, salience = torch.arange(8) % 10, torch.ones(8, dtype=torch.int64)
+    plain = default_objective(0.0)
+
+    def nan(logits, labels, mix):
+        return plain(logits, labels, mix) * float("nan")
+
+    head_step = [(1, plain, True)] if frozen_first else []
+    runs = {}
+    for name, steps in (("skipped", [*head_step, (2, nan, False), (2, plain, True)]),
+                        ("straight", [*head_step, (2, plain, True)])):
+        copy_ = copy.deepcopy(model)
+        sam = SAM(copy_.parameters(), torch.optim.AdamW, rho=0.05, lr=1e-3, weight_decay=1e-2)
+        guard = SkipGuard(copy_, sam)
+        for epoch, objective, taken in steps:
+            init_from.set_backbone_trainable(copy_, epoch, 1 if frozen_first else 0)
+            torch.manual_seed(7)  # the same SpecAugment masks in both runs
+            outcome = sam_step(copy_, sam, LossScaler(False), waveforms, labels, salience, None, recipe, CPU_FP32,
+                               objective=objective, guard=guard)
+            assert bool(outcome.taken) is taken
+        runs[name] = copy_.state_dict(), optimiser_state_of(sam)
+    (weights, state), (expected_weights, expected_state) = runs["skipped"], runs["straight"]
+    for key, value in expected_weights.items():  # weights and BatchNorm statistics (num_batches_tracked too)
+        assert torch.equal(weights[key], value), key
+    assert len(state) == len(expected_state) == 3 * len(list(model.parameters()))
+    for after, expected in zip(state, expected_state, strict=True):
+        assert torch.equal(after, expected)
+
+
+def optimiser_state_of(sam: SAM) -> list[torch.Tensor]:
+    return [value.clone() for state in sam.base_optimizer.state.values() for value in state.values()]
+
+
 # ------------------------------------------------------------------ out of memory, --accumulate
 
 def out_of_memory_at(monkeypatch, epoch: int, step: int) -> None:
@@ -375,6 +425,17 @@ def test_out_of_memory_through_the_cli_is_one_line_without_a_traceback(tiny_data
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert "out of memory on cpu at batch size 4" in stderr and "--batch-size 2" in stderr
     assert "no epoch finished yet" in stderr
+
+
+@pytest.mark.parametrize("batch_size, accumulate", [(2, 2), (1, 1)])
+def test_the_out_of_memory_answer_offers_only_what_this_run_can_take(batch_size, accumulate, source, tmp_path):
+    """--accumulate 2K only where 2K clips fit in the batch (it is refused beyond), --batch-size B/2 only for B > 1."""
+    recipe = shrunk("resnet34_pcen_sam_8fold", training=dict(batch_size=batch_size))
+    trainer = ready_trainer(recipe, source, tmp_path, max_clips_per_fold=1, accumulate=accumulate)
+    message = str(trainer.out_of_memory(1, 0))
+    assert f"--accumulate {2 * accumulate}" not in message and "sees 0 clips" not in message
+    assert ("--batch-size 1" in message) == (batch_size == 2)
+    assert "What helps: " in message and "--precision bf16" in message
 
 
 def test_accumulating_two_halves_takes_the_one_batch_step(source, tmp_path):

@@ -23,7 +23,7 @@ from core.folds import HELD_OUT_PROTOCOLS, SALIENCE_VALUES, FoldRoles, fold_role
 from core.recipe import Augment, Recipe
 from core.solution_folder import SolutionFolder
 from core.train import distributed
-from core.train.device_augment import MIN_NOISE_AMPLITUDE, gain_to_db, runs_on_device
+from core.train.device_augment import MIN_NOISE_AMPLITUDE, WaveAugment, gain_to_db, runs_on_device
 from core.train.distributed import Replicas
 from core.train.options import TrainOptions
 
@@ -232,7 +232,7 @@ class WaveformDataset(Dataset):
 
 def build_waveform_augmentation(augment: Augment):
     """Gaussian noise then gain on the raw waveform (audiomentations), with probability wave_prob."""
-    if augment.wave_prob <= 0:
+    if WaveAugment.from_augment(augment) is None:  # also says which recipe field audiomentations would assert on
         return None
     from audiomentations import AddGaussianNoise, Compose, Gain
 

@@ -129,5 +129,15 @@ class SAM(torch.optim.Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """The base optimiser's state, keeping this machine's `capturable` (the trainer's CUDA setting).
+
+        `capturable` says where AdamW keeps its step counts (the GPU on CUDA, so a skipped step is undone
+        there), not what the state holds: a fold begun on CUDA resumes on the CPU, where a saved True would
+        fail AdamW's device check, and a CPU-begun one resumes on CUDA without a host read per step.
+        """
+        if "capturable" in self.base_optimizer.defaults:
+            ours = self.base_optimizer.defaults["capturable"]
+            state_dict = {**state_dict, "param_groups": [{**group, "capturable": ours}
+                                                         for group in state_dict["param_groups"]]}
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups

@@ -423,12 +423,18 @@ class FoldTrainer:
         device, options = self.runtime.device, self.options
         batch = self.settings.batch_size
         peak = (f"{torch.cuda.max_memory_allocated(device) / 2 ** 30:.1f} GiB" if device.type == "cuda" else "unknown")
-        helps = [f"--accumulate {2 * options.accumulate} (the same effective batch in less memory; BatchNorm then "
-                 f"sees {batch // (2 * options.accumulate)} clips)", f"--batch-size {max(batch // 2, 1)}"]
+        helps = []
+        if 2 * options.accumulate <= batch:  # more parts than clips is refused (FoldSettings)
+            helps.append(f"--accumulate {2 * options.accumulate} (the same effective batch in less memory; "
+                         f"BatchNorm then sees {batch // (2 * options.accumulate)} clips)")
+        if batch > 1:
+            helps.append(f"--batch-size {batch // 2}")
         if self.runtime.precision == "fp32":
             helps.append("--precision bf16 (or fp16 on GPUs before Ampere)")
         if options.device_cache:
             helps.append("--no-device-cache")
+        if not helps:
+            helps.append("a device with more memory")
         resume = (f"rerunning resumes after epoch {resumable_epoch}" if resumable_epoch else "no epoch finished yet")
         parts = f" in {options.accumulate} parts" if options.accumulate > 1 else ""
         return UserError(f"fold {self.fold}, epoch {epoch}: out of memory on {device} at batch size {batch}{parts} "
