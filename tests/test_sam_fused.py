@@ -1,12 +1,16 @@
 """SAM's fused (`torch._foreach_*`) perturbation, norm and restore against the per-parameter loop it replaced.
 
-The reference below is the loop as it was (one norm, clone, multiply and add per parameter tensor);
-on the CPU in fp32 both must give the same bits after every stage of a step, for SAM and ASAM, on a
-real model with two param groups and parameters that get no gradient.
+The reference is the loop as it was (one norm, clone, multiply and add per parameter tensor), kept
+once as benchmarks/step.py's PerParameterSAM (the benchmark's launch-count baseline); on the CPU in
+fp32 both must give the same bits after every stage of a step, for SAM and ASAM, on a real model
+with two param groups and parameters that get no gradient.
 """
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,40 +23,19 @@ from core.train.sam import SAM
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class PerParameterSAM(SAM):
-    """SAM as it was before the fused ops: every stage walks the parameters one by one."""
+def load_step_benchmark():
+    """benchmarks/step.py as a module: its PerParameterSAM (the loop the fused ops replaced) is the reference here."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(benchmarks) not in sys.path:
+        sys.path.insert(0, str(benchmarks))  # step.py imports its sibling timing.py
+    spec = importlib.util.spec_from_file_location("benchmark_step", benchmarks / "step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        grad_norm = self.grad_norm()
-        for group in self.param_groups:
-            scale = group["rho"] / (grad_norm + 1e-12)
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                self.state[param]["old_p"] = param.detach().clone()
-                step = param.grad * scale.to(param)
-                if group["adaptive"]:
-                    step = step * param.pow(2)
-                param.add_(step)
-        if zero_grad:
-            self.zero_grad()
 
-    @torch.no_grad()
-    def restore(self) -> None:
-        for group in self.param_groups:
-            for param in group["params"]:
-                old = self.state[param].pop("old_p", None)
-                if old is not None:
-                    param.copy_(old)
-
-    @torch.no_grad()
-    def grad_norm(self) -> torch.Tensor:
-        norms = [((param.abs() if group["adaptive"] else 1.0) * param.grad).norm(p=2)
-                 for group in self.param_groups for param in group["params"] if param.grad is not None]
-        if not norms:
-            return torch.tensor(0.0)
-        return torch.norm(torch.stack([norm.to(norms[0].device) for norm in norms]), p=2)
+step_benchmark = load_step_benchmark()
+PerParameterSAM = step_benchmark.PerParameterSAM
 
 
 def two_group_optimiser(cls: type, model: torch.nn.Module, adaptive: bool) -> SAM:
@@ -166,18 +149,10 @@ def test_a_resume_state_written_on_a_gpu_steps_on_the_cpu():
                for param, state in target.base_optimizer.state.items())
 
 
-def test_the_fused_step_launches_fewer_operators_as_benchmarks_step_counts(monkeypatch):
+def test_the_fused_step_launches_fewer_operators_as_benchmarks_step_counts():
     """#18 point 4: the profiler count benchmarks/step.py prints (top-level operator calls on the CPU, each at least
     one kernel launch on CUDA): SAM's norm + perturbation + restore take a handful of calls, not a few per
     parameter tensor, and the whole step drops by as many."""
-    import importlib.util
-    from pathlib import Path
-
-    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))  # step.py imports its sibling timing.py
-    spec = importlib.util.spec_from_file_location("benchmark_step", benchmarks / "step.py")
-    step_benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step_benchmark)
     recipe = tiny_recipe()
     counts = step_benchmark.launch_counts(recipe, 4)
     parameters = sum(1 for _ in build_model(recipe).parameters())
