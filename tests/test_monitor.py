@@ -154,10 +154,11 @@ def fake_sounddevice(query_error: Exception | None = None, stream_error: Excepti
 
 def assert_one_line_refusal(code: int, stderr: str, *words: str) -> None:
     assert code == 2, stderr
-    assert stderr.startswith("error:") and "Traceback" not in stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert "Traceback" not in stderr and errors == lines[-1:], stderr     # one error line, the last one
     for word in words:
-        assert word in stderr, stderr
+        assert word in errors[0], stderr
 
 
 def test_mic_without_sounddevice_or_portaudio_is_one_line_and_exit_2(monkeypatch):

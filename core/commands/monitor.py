@@ -26,8 +26,8 @@ def monitor(
     rate: int = typer.Option(22050, min=1, help="Samples per second of the stream (must be the model's)."),
     channels: int = typer.Option(1, min=1, help="Interleaved channels of the stream (averaged to mono)."),
     hop: Hop = 0.5,
-    on: On = 0.5,
-    off: Off = 0.3,
+    on: On = None,
+    off: Off = None,
     median: Median = 1.5,
     min_length: MinLength = 0.5,
     min_gap: MinGap = 0.5,
@@ -44,7 +44,7 @@ def monitor(
     import sys
 
     from core.commands.classify import blend_members
-    from core.commands.detect import post_processing
+    from core.commands.detect import post_processing, tuned_thresholds
     from core.errors import UserError
     from core.infer.predictors import onnx_predictor, torch_predictor
     from core.infer.salience import parse_salience
@@ -56,7 +56,8 @@ def monitor(
         raise UserError("give exactly one of --solution NAME (repeatable) or --onnx FILE.onnx")
     if salience not in ("marginal", "1", "2"):
         raise UserError(f"--salience for a stream takes marginal, 1 or 2; got {salience!r}")
-    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds)
+    rules, rules_source = post_processing(hop, on, off, median, min_length, min_gap, thresholds,
+                                          tuned_thresholds(solution, solutions))
     microphone = microphone_module() if input_ == "mic" else None  # before the models load: fail fast
     if onnx is not None:
         spec = onnx_predictor(onnx)
@@ -64,6 +65,7 @@ def monitor(
         names, weights, method = blend_members(solution, None)
         spec = torch_predictor(names, weights, method, solutions, device, precision)
     check_stream_format(sample_format, rate, channels, spec)
+    note(rules_source)
     on_frame = print_hop_line(spec, hop) if every_hop else None
     detector = StreamDetector(spec, rules, hop, parse_salience(salience, []).values_for(Path("-")), batch_size=8,
                               on_frame=on_frame)

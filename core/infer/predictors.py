@@ -25,8 +25,10 @@ class ModelSpec:
 
 
 def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
-                    device: str = "auto", precision: str = "auto") -> ModelSpec:
-    """Every fold model of each solution in `solutions/<name>/`, blended with `method` and `weights`."""
+                    device: str = "auto", precision: str = "auto", folds: tuple[int, ...] | None = None,
+                    protocol: str = "kaggle") -> ModelSpec:
+    """Every fold model (or those of `folds`) of each solution in its `protocol` folder under `solutions`
+    (core/solution_folder.py), blended with `method` and `weights`."""
     import torch
 
     from core.blend import combine
@@ -39,7 +41,7 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     configure_backends(runtime.device)
     ensembles, rates, lengths, keys = [], {}, {}, set()
     for name in solution_names:
-        models = load_fold_models(SolutionFolder.of(solutions, name).root, name, runtime)
+        models = load_fold_models(SolutionFolder.of(solutions, name, protocol).root, name, runtime, folds)
         frontend = models[0].recipe.frontend
         keys.update(m.fold for m in models)
         rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
