@@ -84,7 +84,12 @@ def detect(
     thresholds: Thresholds = None,
     salience: str = typer.Option("marginal", help="For fusion solutions: marginal | 1 | 2 | a CSV file,salience "
                                                   "(as in classify)."),
-    batch_size: int = typer.Option(32, min=1, help="Windows per batch."),
+    batch_size: int = typer.Option(32, min=1, help="Windows per batch (one strip of audio: the mel frames they "
+                                                   "share are computed once)."),
+    backbone_once: bool = typer.Option(False, "--backbone-once", help="Run PCEN and the backbone once per strip "
+                                       "of --batch-size windows and pool each window's slice of the feature maps: "
+                                       "several times faster, not the per-window computation (its measured F1: "
+                                       "benchmarks/README.md)."),
     events: Path | None = typer.Option(None, help="Event list TSV (DCASE): filename onset offset event_label."),
     scores: Path | None = typer.Option(None, help="Folder for one score TSV per file (onset offset <classes>), "
                                                   "as sed_scores_eval reads them."),
@@ -143,7 +148,11 @@ def detect(
     leakage = check_soundscape_leakage(files, spec.fold_keys, allow_fold_leakage)
     if leakage:
         console.print(f"[bold yellow]warning:[/] {leakage} (--allow-fold-leakage)", highlight=False)
-    result = run_detection(files, spec, rules, hop, policy, batch_size, progress and len(files) > 1, console)
+    if backbone_once and spec.predict_strip is None:
+        raise UserError("--backbone-once needs PyTorch models (--solution or --recipe); an ONNX graph takes "
+                        "fixed-length windows")
+    result = run_detection(files, spec, rules, hop, policy, batch_size, progress and len(files) > 1, console,
+                           backbone_once)
     table = events_frame(result)
     written = []
     if events is not None:
@@ -168,14 +177,14 @@ def detect(
             sys.exit(2)
 
 
-def run_detection(files, spec, rules, hop, policy, batch_size, show_bar, console):
+def run_detection(files, spec, rules, hop, policy, batch_size, show_bar, console, backbone_once=False):
     """detect_files with a bar over the files when there are several."""
     from core.infer.detect import detect_files
     from core.progress import progress_bar
 
     with progress_bar(len(files), "detect", console=console, enabled=show_bar) as advance:
         return detect_files(files, spec, rules, hop_seconds=hop, salience=policy, batch_size=batch_size,
-                            on_progress=advance)
+                            on_progress=advance, backbone_once=backbone_once)
 
 
 def write_scores(result, folder: Path) -> int:

@@ -10,6 +10,8 @@ import numpy as np
 from core.errors import UserError
 
 Predictor = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (windows [B, L], salience values) -> [B, 10]
+# (strip [(count - 1) * hop + L], count, hop, salience values, backbone_once) -> [count, 10]
+StripPredictor = Callable[[np.ndarray, int, int, tuple[int, ...], bool], np.ndarray]
 
 
 @dataclass
@@ -22,6 +24,7 @@ class ModelSpec:
     uses_salience: bool
     description: str
     fold_keys: tuple[int, ...] = ()             # the fold models' keys (k of best_model_fold<k>), every solution
+    predict_strip: StripPredictor | None = None  # overlapping windows of one strip, sharing work (PyTorch only)
 
 
 def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
@@ -48,23 +51,34 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
         ensembles.append(FoldEnsemble([m.model for m in models], [m.recipe.frontend for m in models]).eval())
     check_same_input(rates, lengths)
 
-    def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
-        waveforms = torch.from_numpy(windows).to(runtime.device, non_blocking=True)
+    def run(salience_values: tuple[int, ...], batch: int, probabilities) -> np.ndarray:
+        """Each solution's probabilities (`probabilities(ensemble, saliences)`), blended."""
         per_solution = []
         with torch.inference_mode(), autocast(runtime.device, runtime.precision):
             for ensemble in ensembles:
                 values = salience_values if ensemble.uses_salience else (None,)
-                saliences = [None if v is None else torch.full((len(windows),), v, dtype=torch.int64,
+                saliences = [None if v is None else torch.full((batch,), v, dtype=torch.int64,
                                                                 device=runtime.device) for v in values]
-                runs = ensemble.probabilities(waveforms, saliences)
+                runs = probabilities(ensemble, saliences)
                 per_solution.append(torch.stack(runs).mean(dim=0).float().cpu().numpy())
         return per_solution[0] if len(per_solution) == 1 else combine(per_solution, weights, method)
+
+    def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
+        waveforms = torch.from_numpy(windows).to(runtime.device, non_blocking=True)
+        return run(salience_values, len(windows), lambda ensemble, saliences: ensemble.probabilities(waveforms,
+                                                                                                      saliences))
+
+    def predict_strip(strip: np.ndarray, count: int, hop: int, salience_values: tuple[int, ...],
+                      backbone_once: bool) -> np.ndarray:
+        waveform = torch.from_numpy(np.ascontiguousarray(strip)).to(runtime.device, non_blocking=True)
+        return run(salience_values, count, lambda ensemble, saliences: ensemble.window_probabilities(
+            waveform, count, hop, saliences, backbone_once))
 
     name = next(iter(rates))
     return ModelSpec(rates[name], lengths[name], predict, any(e.uses_salience for e in ensembles),
                      " + ".join(f"{n} ({w:g})" if len(solution_names) > 1 else n
                                 for n, w in zip(solution_names, weights, strict=True)),
-                     tuple(sorted(keys)))
+                     tuple(sorted(keys)), predict_strip)
 
 
 def check_same_input(rates: dict[str, int], lengths: dict[str, int]) -> None:
