@@ -4,18 +4,21 @@
                                           [--threads 1,2] [--repeats 1] [--no-onnx]
 
 Writes `--folds` stand-in checkpoints (fresh weights: same cost as trained ones) and one recording of
-`--seconds` at 44.1 kHz, then times at hop 0.5 s, for each torch thread count:
-- detect, ours (core.infer.detect.detect_files: decoded and resampled once, windows batched) vs the naive
-  path (every window decoded, resampled and run on its own), for one fold and for the `--folds` ensemble;
+`--seconds` at 44.1 kHz, then times at hop 0.5 s, for each torch thread count, the paths of one step
+interleaved in the same process (benchmarks/timing.py), so a shared machine's load hits them alike:
+- detect, ours (core.infer.detect.detect_files: decoded and resampled once, windows batched as strips whose
+  shared mel frames are computed once) vs the naive path (every window decoded, resampled and run on its own)
+  vs --backbone-once (PCEN and backbone once per strip), for one fold and for the `--folds` ensemble;
 - monitor (core.infer.stream.StreamDetector fed hop-long blocks) for one fold;
 - one fold through onnxruntime (its own thread pool), unless --no-onnx.
-The last line is `RESULT {...}`; targets: one fold >= 20x real time on one thread, the 8-fold ensemble >= 5x
-on two threads, ours >= 1.5x naive.
+The last line is `RESULT {...}` (with nproc and the load average before and after); targets: one fold >= 20x
+real time on one thread, the 8-fold ensemble >= 5x on two threads, ours >= 1.5x naive.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +77,8 @@ def main() -> None:
     parser.add_argument("--no-onnx", action="store_true")
     args = parser.parse_args()
     rules = PostProcessing.uniform(0.5, 0.3)
+    results: dict[str, float | str] = {"nproc": os.cpu_count(), "load_before": " ".join(
+        f"{value:.2f}" for value in os.getloadavg())}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         save_fold_checkpoints(root / "one", args.solution, folds=(1,))
@@ -83,14 +88,17 @@ def main() -> None:
         soundfile.write(path, np.stack([signal, signal], axis=1)[: int(args.seconds * 44100)], 44100)
         one = torch_predictor([args.solution], [1.0], "mean", root / "one", "cpu", "fp32")
         many = torch_predictor([args.solution], [1.0], "mean", root / "many", "cpu", "fp32")
-        results: dict[str, float] = {}
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             steps = {f"detect_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP),
                      f"naive_1fold_t{threads}": lambda: naive_detect(path, one, HOP),
+                     f"once_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP,
+                                                                    backbone_once=True),
                      f"monitor_1fold_t{threads}": lambda: stream(path, one, rules),
                      f"detect_{args.folds}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP),
-                     f"naive_{args.folds}fold_t{threads}": lambda: naive_detect(path, many, HOP)}
+                     f"naive_{args.folds}fold_t{threads}": lambda: naive_detect(path, many, HOP),
+                     f"once_{args.folds}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP,
+                                                                             backbone_once=True)}
             seconds = median_seconds(list(steps.values()), args.repeats, warmup=0)
             for name, took in zip(steps, seconds, strict=True):
                 results[name] = round(args.seconds / took, 2)
@@ -104,6 +112,9 @@ def main() -> None:
         for key in [k for k in results if k.startswith("detect_") and "onnx" not in k]:
             naive = key.replace("detect_", "naive_")
             results[f"ratio_{key.removeprefix('detect_')}"] = round(results[key] / results[naive], 2)
+            once = key.replace("detect_", "once_")
+            results[f"ratio_once_{key.removeprefix('detect_')}"] = round(results[once] / results[naive], 2)
+    results["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print("RESULT " + json.dumps(results))
 
 

@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "core.commands.detect",
     "core.commands.monitor",
     "core.commands.sed",
+    "core.commands.tune_detect",
 )
 
 for _module in COMMAND_MODULES:

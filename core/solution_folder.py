@@ -12,7 +12,8 @@ A solution folder (`solutions/<name>/`, `solutions/<name>/us8k-10fold/`, or the 
   best_model_fold<k>.staged.pt  a best candidate not yet recorded by the resume state
   curves_fold<k>.png       training curves
 and for the whole solution: summary.json, curves.png, oof_confusion.png or test_confusion.png,
-skipped_audio.csv, folds.csv (folds assigned to data without folds), the lock files under .locks/ and predict-<data>/ folders of `predict`.
+skipped_audio.csv, folds.csv (folds assigned to data without folds), detect_thresholds.csv (`tune-detect`), the lock
+files under .locks/ and predict-<data>/ folders of `predict`.
 Inference and training both import this module; it imports nothing of either.
 """
 from __future__ import annotations
@@ -129,6 +130,11 @@ class SolutionFolder:
     def assigned_folds(self) -> Path:
         """folds.csv: the folds assigned to data that gives none (its format: core/data/fold_assignment.py)."""
         return self.root / "folds.csv"
+
+    @property
+    def detect_thresholds(self) -> Path:
+        """Per-class detection thresholds tuned out of fold (`tune-detect`); detect and monitor use them by default."""
+        return self.root / "detect_thresholds.csv"
 
     def predictions_of(self, data_name: str) -> Path:
         """Where `predict` writes the per-fold CSVs for the data folder called `data_name`."""

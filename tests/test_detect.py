@@ -254,6 +254,31 @@ def test_pitch_shift_and_time_stretch_follow_the_drawn_values(official_data, tmp
 
     out = write_soundscapes(official_data, (9,), tmp_path / "aug", 1, 3, SoundscapeSettings(duration=6.0))
     (scape,) = json.loads((out / "soundscapes.json").read_text())["soundscapes"]
+    assert scape["onset_distribution"] == "uniform"            # soundscape i: uniform, unimodal, bimodal by i % 3
     for event in scape["events"]:
         assert -3 <= event["pitch_semitones"] <= 3 and 0.8 <= event["time_stretch"] <= 1.2
         assert 6 <= event["snr_db"] <= 30 and event["fold"] == 9 and 0 <= event["onset"] < event["offset"] <= 6.0
+        assert event["excerpt_seconds"] <= 4.0                       # URBAN-SED: 0.5-4 s, at most the clip
+        # Scaper's convention: the stretch factor multiplies the excerpt's length (librosa rounds to a hop).
+        assert event["offset"] - event["onset"] == pytest.approx(event["excerpt_seconds"] * event["time_stretch"],
+                                                                 abs=0.02)
+
+
+def test_onsets_follow_urban_sed_three_distributions():
+    from scipy.stats import truncnorm
+
+    from core.data.soundscapes import SoundscapeSettings, draw_onset
+
+    def truncated(mean: float):  # Scaper's truncnorm: N(mean, 2 s) cut to [0, 10] s
+        return truncnorm((0 - mean) / 2, (10 - mean) / 2, loc=mean, scale=2)
+
+    settings, rng = SoundscapeSettings(), np.random.default_rng(0)
+    draws = {name: np.array([draw_onset(rng, name, settings) for _ in range(4000)])
+             for name in ("uniform", "unimodal", "bimodal")}
+    assert all(((d >= 0) & (d <= 10)).all() for d in draws.values())
+    assert abs(draws["uniform"].mean() - 5) < 0.2 and abs(draws["uniform"].std() - 10 / 12 ** 0.5) < 0.1
+    assert abs(draws["unimodal"].mean() - 5) < 0.1 and abs(draws["unimodal"].std() - truncated(5).std()) < 0.1
+    low, high = truncated(3), truncated(7)                          # bimodal: a coin between means 3 s and 7 s
+    second_moment = (low.var() + low.mean() ** 2 + high.var() + high.mean() ** 2) / 2
+    assert abs(draws["bimodal"].std() - (second_moment - 25) ** 0.5) < 0.1
+    assert abs(np.mean(draws["bimodal"] < 3) - (low.cdf(3) + high.cdf(3)) / 2) < 0.03

@@ -112,3 +112,72 @@ def test_monitor_on_stdin_prints_the_events_detect_writes(spec, recording, tmp_p
     lines = [json.loads(line) for line in streamed.stdout.decode().splitlines()]
     assert sorted(lines, key=lambda e: (e["onset"], e["event_label"])) == expected and expected
     assert "ignored" in streamed.stderr.decode()   # the half sample at the end is reported
+
+
+# --- --input mic where PortAudio or a device is missing: one line, exit 2 ----------------------------------
+
+def run_monitor(*args: str) -> tuple[int, str]:
+    """`python -m core monitor ARGS` in this process: exit code and stderr."""
+    import contextlib
+    from unittest import mock
+
+    from core.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", ["core", "monitor", *args]), \
+            contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main()
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+    return code, stderr.getvalue()
+
+
+def fake_sounddevice(query_error: Exception | None = None, stream_error: Exception | None = None):
+    """A stand-in sounddevice module whose device query and/or InputStream raise like PortAudio does."""
+    import types
+
+    module = types.ModuleType("sounddevice")
+
+    def query_devices(kind=None):
+        if query_error is not None:
+            raise query_error
+        return {"name": "fake", "max_input_channels": 1}
+
+    def input_stream(**_):
+        raise stream_error
+
+    module.query_devices, module.InputStream = query_devices, input_stream
+    return module
+
+
+def assert_one_line_refusal(code: int, stderr: str, *words: str) -> None:
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert "Traceback" not in stderr and errors == lines[-1:], stderr     # one error line, the last one
+    for word in words:
+        assert word in errors[0], stderr
+
+
+def test_mic_without_sounddevice_or_portaudio_is_one_line_and_exit_2(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)            # `import sounddevice` raises ImportError
+    code, stderr = run_monitor("--input", "mic", "--solution", "never-loaded")
+    assert_one_line_refusal(code, stderr, "sounddevice", "PortAudio", "--input -")
+
+
+def test_mic_without_an_input_device_is_one_line_and_exit_2(monkeypatch):
+    error = RuntimeError("Error querying device -1\n(PortAudio: no default input)")   # a two-line message
+    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(query_error=error))
+    code, stderr = run_monitor("--input", "mic", "--solution", "never-loaded")
+    assert_one_line_refusal(code, stderr, "no input device", "Error querying device -1 (PortAudio")
+
+
+def test_mic_that_refuses_the_stream_is_one_line_and_exit_2(monkeypatch, spec):
+    root, _ = spec
+    monkeypatch.setitem(sys.modules, "sounddevice",
+                        fake_sounddevice(stream_error=RuntimeError("Invalid sample rate [PaErrorCode -9997]")))
+    code, stderr = run_monitor("--input", "mic", "--solution", BASELINE, "--solutions", str(root), "--rate",
+                               str(RATE), "--device", "cpu")
+    assert_one_line_refusal(code, stderr, f"at {RATE} Hz", "Invalid sample rate")

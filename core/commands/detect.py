@@ -11,36 +11,61 @@ from core.commands.options import Device, Precision, Progress
 # Post-processing options, shared with `monitor` (core/infer/events.py documents the rules).
 Hop = Annotated[float, typer.Option(min=0.01, help="Seconds between frames; each frame is scored by the "
                                                    "clip-long window centred on it.")]
-On = Annotated[float, typer.Option(min=0.0, max=1.0, help="Score at which an event opens (every class; see "
-                                                          "--thresholds).")]
-Off = Annotated[float, typer.Option(min=0.0, max=1.0, help="An open event stays open while its score stays at or "
-                                                           "above this (hysteresis; at most --on).")]
+On = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Score at which an event opens, every class "
+                                          "(given --on/--off replace the tuned thresholds; hand-set default 0.5).")]
+Off = Annotated[float | None, typer.Option(min=0.0, max=1.0, help="An open event stays open while its score stays "
+                                           "at or above this (hysteresis; at most --on; hand-set default 0.3).")]
 Median = Annotated[float, typer.Option(min=0.0, help="Median filter length in seconds (rounded to an odd number "
                                                      "of frames; 0 or one hop: none).")]
 MinLength = Annotated[float, typer.Option(min=0.0, help="Events shorter than this (seconds) are dropped.")]
 MinGap = Annotated[float, typer.Option(min=0.0, help="Events of one class separated by at most this (seconds) "
                                                      "are merged.")]
 Thresholds = Annotated[Path | None, typer.Option(help="Per-class thresholds: a CSV event_label,on,off (one row "
-                                                      "per class); overrides --on/--off.")]
+                                                      "per class); overrides --on/--off. Default: the solution's "
+                                                      "detect_thresholds.csv (tune-detect) where it exists.")]
+HAND_SET_ON, HAND_SET_OFF = 0.5, 0.3
 
 
 def register(app: typer.Typer) -> None:
     app.command("detect", short_help="Sound events (onset, offset, label) in recordings of any length.")(detect)
 
 
-def post_processing(hop: float, on: float, off: float, median: float, min_length: float, min_gap: float,
-                    thresholds: Path | None, classes: tuple[str, ...]):
-    """The PostProcessing the options describe for a model of `classes` (thresholds from --thresholds when given)."""
+def post_processing(hop: float, on: float | None, off: float | None, median: float, min_length: float,
+                    min_gap: float, thresholds: Path | None, classes: tuple[str, ...], tuned: Path | None = None):
+    """The PostProcessing the options describe for a model of `classes`, and a line saying where its thresholds come from.
+
+    Thresholds: --thresholds FILE; else --on/--off where given (the other one hand-set); else `tuned` (the
+    solution's tune-detect file) where it exists; else the hand-set 0.5 / 0.3.
+    """
     from core.errors import UserError
     from core.infer.events import PostProcessing, load_thresholds, median_frames_for
 
     frames = median_frames_for(median, hop) if median > 0 else 1
     if thresholds is not None:
-        return load_thresholds(thresholds, frames, min_length, min_gap, classes)
+        return load_thresholds(thresholds, frames, min_length, min_gap, classes), f"thresholds: per class from {thresholds}"
+    if on is None and off is None and tuned is not None and Path(tuned).is_file():
+        return (load_thresholds(tuned, frames, min_length, min_gap, classes),
+                f"thresholds: per class, tuned out of fold ({tuned}; --thresholds or --on/--off to override)")
+    given = on is not None or off is not None
+    on = HAND_SET_ON if on is None else on
+    off = HAND_SET_OFF if off is None else off
     if off > on:
         raise UserError(f"--off {off:g} is above --on {on:g}: an event must stay open at least as long as it "
                         "takes to open (use --off <= --on)")
-    return PostProcessing.uniform(on, off, frames, min_length, min_gap, classes)
+    if given:
+        source = f"thresholds: --on {on:g} / --off {off:g}, every class"
+    else:
+        source = (f"thresholds: hand-set defaults, on {on:g} / off {off:g}, every class ("
+                  + (f"no {tuned}; `python -m core tune-detect` writes one" if tuned is not None else
+                     "tuned thresholds belong to one --solution, not to a blend, recipe or ONNX model") + ")")
+    return PostProcessing.uniform(on, off, frames, min_length, min_gap, classes), source
+
+
+def tuned_thresholds(solution: list[str] | None, solutions: Path) -> Path | None:
+    """The tune-detect file of a single --solution (kaggle folder), else None (blends, recipes, ONNX)."""
+    from core.solution_folder import SolutionFolder
+
+    return SolutionFolder.of(solutions, solution[0]).detect_thresholds if solution and len(solution) == 1 else None
 
 
 def detect(
@@ -51,15 +76,20 @@ def detect(
     onnx: Path | None = typer.Option(None, help="Run an exported model (`export`) with onnxruntime instead."),
     solutions: Path = typer.Option(Path("solutions"), help="Folder holding the solution folders."),
     hop: Hop = 0.5,
-    on: On = 0.5,
-    off: Off = 0.3,
+    on: On = None,
+    off: Off = None,
     median: Median = 1.5,
     min_length: MinLength = 0.5,
     min_gap: MinGap = 0.5,
     thresholds: Thresholds = None,
     salience: str = typer.Option("marginal", help="For fusion solutions: marginal | 1 | 2 | a CSV file,salience "
                                                   "(as in classify)."),
-    batch_size: int = typer.Option(32, min=1, help="Windows per batch."),
+    batch_size: int = typer.Option(32, min=1, help="Windows per batch (one strip of audio: the mel frames they "
+                                                   "share are computed once)."),
+    backbone_once: bool = typer.Option(False, "--backbone-once", help="Run PCEN and the backbone once per strip "
+                                       "of --batch-size windows and pool each window's slice of the feature maps: "
+                                       "several times faster, not the per-window computation (its measured F1: "
+                                       "benchmarks/README.md)."),
     events: Path | None = typer.Option(None, help="Event list TSV (DCASE): filename onset offset event_label."),
     scores: Path | None = typer.Option(None, help="Folder for one score TSV per file (onset offset <classes>), "
                                                   "as sed_scores_eval reads them."),
@@ -77,7 +107,7 @@ def detect(
 ) -> None:
     """Detect sound events: class scores every --hop seconds from overlapping windows, then events.
 
-    Post-processing, per class: median filter (--median), hysteresis thresholds (an event opens at --on and closes below --off; --thresholds FILE for per-class values), gaps up to --min-gap merged, events shorter than --min-length dropped. A class never has two overlapping events, so overlapping windows give no duplicates. The defaults (0.5 / 0.3, 1.5 s, 0.5 s, 0.5 s) were set by hand, not tuned on any test soundscapes; pass tuned values with --thresholds. Files that cannot be decoded get no events and make the exit code 2 (0 with --skip-bad-audio).
+    Post-processing, per class: median filter (--median), hysteresis thresholds (an event opens at --on and closes below --off; --thresholds FILE for per-class values), gaps up to --min-gap merged, events shorter than --min-length dropped. A class never has two overlapping events, so overlapping windows give no duplicates. Thresholds by default: the solution's detect_thresholds.csv where `tune-detect` wrote one (chosen out of fold: each fold model on soundscapes of its own validation fold), else hand-set 0.5 / 0.3; a stderr line says which. The time rules (1.5 s, 0.5 s, 0.5 s) are set by hand. Files that cannot be decoded get no events and make the exit code 2 (0 with --skip-bad-audio).
     """
     import json
     import sys
@@ -111,12 +141,18 @@ def detect(
     else:
         names, weights, method = blend_members(solution, recipe)
         spec = torch_predictor(names, weights, method, solutions, device, precision)
-    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds, spec.class_names)
+    rules, rules_source = post_processing(hop, on, off, median, min_length, min_gap, thresholds, spec.class_names,
+                                          tuned_thresholds(solution, solutions))
     console = Console(stderr=True)
+    console.print(rules_source, highlight=False, markup=False, soft_wrap=True)
     leakage = check_soundscape_leakage(files, spec.fold_keys, allow_fold_leakage)
     if leakage:
         console.print(f"[bold yellow]warning:[/] {leakage} (--allow-fold-leakage)", highlight=False)
-    result = run_detection(files, spec, rules, hop, policy, batch_size, progress and len(files) > 1, console)
+    if backbone_once and spec.predict_strip is None:
+        raise UserError("--backbone-once needs PyTorch models (--solution or --recipe); an ONNX graph takes "
+                        "fixed-length windows")
+    result = run_detection(files, spec, rules, hop, policy, batch_size, progress and len(files) > 1, console,
+                           backbone_once)
     table = events_frame(result)
     written = []
     if events is not None:
@@ -141,14 +177,14 @@ def detect(
             sys.exit(2)
 
 
-def run_detection(files, spec, rules, hop, policy, batch_size, show_bar, console):
+def run_detection(files, spec, rules, hop, policy, batch_size, show_bar, console, backbone_once=False):
     """detect_files with a bar over the files when there are several."""
     from core.infer.detect import detect_files
     from core.progress import progress_bar
 
     with progress_bar(len(files), "detect", console=console, enabled=show_bar) as advance:
         return detect_files(files, spec, rules, hop_seconds=hop, salience=policy, batch_size=batch_size,
-                            on_progress=advance)
+                            on_progress=advance, backbone_once=backbone_once)
 
 
 def write_scores(result, folder: Path) -> int:

@@ -26,8 +26,8 @@ def monitor(
     rate: int = typer.Option(22050, min=1, help="Samples per second of the stream (must be the model's)."),
     channels: int = typer.Option(1, min=1, help="Interleaved channels of the stream (averaged to mono)."),
     hop: Hop = 0.5,
-    on: On = 0.5,
-    off: Off = 0.3,
+    on: On = None,
+    off: Off = None,
     median: Median = 1.5,
     min_length: MinLength = 0.5,
     min_gap: MinGap = 0.5,
@@ -44,7 +44,7 @@ def monitor(
     import sys
 
     from core.commands.classify import blend_members
-    from core.commands.detect import post_processing
+    from core.commands.detect import post_processing, tuned_thresholds
     from core.errors import UserError
     from core.infer.predictors import onnx_predictor, torch_predictor
     from core.infer.salience import parse_salience
@@ -56,13 +56,16 @@ def monitor(
         raise UserError("give exactly one of --solution NAME (repeatable) or --onnx FILE.onnx")
     if salience not in ("marginal", "1", "2"):
         raise UserError(f"--salience for a stream takes marginal, 1 or 2; got {salience!r}")
+    microphone = microphone_module() if input_ == "mic" else None  # before the models load: fail fast
     if onnx is not None:
         spec = onnx_predictor(onnx)
     else:
         names, weights, method = blend_members(solution, None)
         spec = torch_predictor(names, weights, method, solutions, device, precision)
-    rules = post_processing(hop, on, off, median, min_length, min_gap, thresholds, spec.class_names)
+    rules, rules_source = post_processing(hop, on, off, median, min_length, min_gap, thresholds, spec.class_names,
+                                          tuned_thresholds(solution, solutions))
     check_stream_format(sample_format, rate, channels, spec)
+    note(rules_source)
     on_frame = print_hop_line(spec, hop) if every_hop else None
     detector = StreamDetector(spec, rules, hop, parse_salience(salience, []).values_for(Path("-")), batch_size=8,
                               on_frame=on_frame)
@@ -70,7 +73,7 @@ def monitor(
         if input_ == "-":
             run_pipe(detector, sys.stdin.buffer, sample_format, channels)
         else:
-            run_microphone(detector, rate, channels)
+            run_microphone(microphone, detector, rate, channels)
     except KeyboardInterrupt:
         pass  # Ctrl-C: flush what is open, as at the end of a stream
     for event in detector.finish():
@@ -113,7 +116,30 @@ def run_pipe(detector, stream, sample_format: str, channels: int) -> None:
                  f"{stats.compute_seconds:.0f} s); the producer is paced by the pipe")
 
 
-def run_microphone(detector, rate: int, channels: int) -> None:
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (PortAudio's can span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def microphone_module():
+    """sounddevice, checked to have PortAudio and a default input device; else a one-line UserError (exit 2)."""
+    from core.errors import UserError
+
+    try:
+        import sounddevice
+    except (ImportError, OSError) as error:  # OSError: the package is there but PortAudio is not
+        raise UserError(f"--input mic needs the sounddevice package and the PortAudio library ({one_line(error)}); "
+                        "install them (pip install sounddevice; apt install libportaudio2), or pipe raw PCM into "
+                        "--input -") from None
+    try:
+        sounddevice.query_devices(kind="input")
+    except Exception as error:  # PortAudio reports a missing default device in its own exception types
+        raise UserError(f"--input mic: no input device ({one_line(error)}); connect a microphone, or pipe raw PCM "
+                        "into --input -") from None
+    return sounddevice
+
+
+def run_microphone(sounddevice, detector, rate: int, channels: int) -> None:
     """The default input device through sounddevice; audio beyond one clip of backlog is dropped and counted."""
     import queue
 
@@ -121,17 +147,13 @@ def run_microphone(detector, rate: int, channels: int) -> None:
 
     from core.errors import UserError
 
-    try:
-        import sounddevice
-    except (ImportError, OSError) as error:  # OSError: the package is there but PortAudio is not
-        raise UserError(f"--input mic needs the sounddevice package and the PortAudio library ({error}); "
-                        "install them, or pipe raw PCM into --input -") from None
     blocks: queue.Queue = queue.Queue()
     try:
         stream = sounddevice.InputStream(samplerate=rate, channels=channels, dtype="float32",
                                          blocksize=detector.grid.hop, callback=lambda data, *_: blocks.put(data.copy()))
-    except Exception as error:  # PortAudio reports a missing or busy device in its own exception types
-        raise UserError(f"--input mic: no usable input device ({error})") from None
+    except Exception as error:  # a busy device, or one that refuses this rate or channel count
+        raise UserError(f"--input mic: the input device cannot record {channels} channel(s) at {rate} Hz "
+                        f"({one_line(error)}); check --rate/--channels, or pipe raw PCM into --input -") from None
     with stream:
         while True:
             parts = [blocks.get()]

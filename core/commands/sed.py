@@ -37,11 +37,12 @@ def soundscapes(
     duration: float = typer.Option(10.0, min=1.0, help="Seconds per soundscape (URBAN-SED: 10)."),
     seed: int = typer.Option(0, min=0, max=2**31 - 1, help="Soundscape i is drawn from (seed, i): the same seed gives the same files."),
     augment: bool = typer.Option(True, help="Pitch shift (uniform -3..3 semitones) and time stretch (uniform "
-                                            "0.8..1.2) each event, as URBAN-SED; --no-augment: the clips as they are."),
+                                            "0.8..1.2, a factor on the length) each event, as URBAN-SED; "
+                                            "--no-augment: the excerpts as they are."),
 ) -> None:
     """Make URBAN-SED-style soundscapes from the clips of --folds only (Salamon et al. 2017, the Scaper paper).
 
-    Each: --duration s at 44.1 kHz over Brownian noise; 1-9 events, label uniform, clip uniform within the class (whole clip, truncated to the soundscape), onset uniform, SNR uniform 6-30 dB, pitch shift -3..3 semitones and time stretch 0.8..1.2 (uniform). Differences from Scaper (not used: it needs the SoX binary): SNR from RMS levels, not LUFS; librosa's phase vocoder for pitch and stretch; a mixture over full scale is scaled down. Writes audio/*.wav, annotations/*.txt (URBAN-SED), jams/*.jams, events.tsv (DCASE) and soundscapes.json (the folds used: detect refuses a solution that trained on them unless --allow-fold-leakage).
+    Settings of URBAN-SED's generation scripts (github.com/justinsalamon/scaper_waspaa2017, notebooks/2_generate_*): each --duration s at 44.1 kHz over Brownian noise; 1-9 events (uniform), label uniform, clip uniform within the class (no clip twice in a soundscape), the clip's first 0.5-4 s (uniform, at most the clip), onset uniform over the soundscape, truncated normal around its middle (std a fifth of it) or around 30 % / 70 % (a third of the soundscapes each, as URBAN-SED's uniform / unimodal / bimodal subsets), moved earlier when the event would end after the soundscape; SNR uniform 6-30 dB, pitch shift uniform -3..3 semitones, time stretch uniform 0.8..1.2 (a factor on the length). Differences from Scaper (not used: it needs the SoX binary): SNR from RMS levels, not LUFS; librosa's phase vocoder for pitch and stretch; no reverb; a mixture over full scale is scaled down. Writes audio/*.wav, annotations/*.txt (URBAN-SED), jams/*.jams, events.tsv (DCASE) and soundscapes.json (the folds used: detect refuses a solution that trained on them unless --allow-fold-leakage).
     """
     from rich.console import Console
 

@@ -1,20 +1,29 @@
 """URBAN-SED-style soundscapes from the clips of chosen UrbanSound8K folds, with their annotations.
 
-Settings followed (URBAN-SED, Salamon et al., "Scaper: a library for soundscape synthesis and augmentation",
-WASPAA 2017), per soundscape:
-- 10 s (--duration), 44.1 kHz mono; background: Brownian noise (integrated white noise), the reference level;
+Settings followed: URBAN-SED's generation scripts (Salamon et al., "Scaper: a library for soundscape synthesis
+and augmentation", WASPAA 2017; github.com/justinsalamon/scaper_waspaa2017, notebooks/2_generate_*.ipynb),
+with Scaper's own rules for what they leave implicit (github.com/justinsalamon/scaper, scaper/core.py):
+- 10 s (--duration), 44.1 kHz mono; background: Brownian noise at the reference level (-50);
 - 1 to 9 foreground events (uniform); each event's label uniform over the classes, its clip uniform among
-  that class's clips in the chosen folds; the whole clip from its start (source time 0), so the event lasts
-  the clip's duration (truncated to the soundscape); onset uniform over the times where it fits;
+  that class's clips not yet used in this soundscape (Scaper's allow_repeated_source=False);
+- the excerpt starts at the clip's start (source time 0) and lasts uniform [0.5, 4] s, capped at the clip's
+  length; the time stretch factor multiplies that length (Scaper's convention: > 1 is longer);
+- onset: one third of the soundscapes each (by index: uniform, unimodal, bimodal, as URBAN-SED's three
+  subsets) uniform over [0, duration], truncated normal (mean 5 s, std 2 s, within [0, 10] s) or the same
+  around 3 s or 7 s (a coin per event), scaled with --duration; an event that would end after the soundscape
+  is moved earlier to end with it (Scaper's rule);
 - SNR uniform in [6, 30] dB over the background; pitch shift uniform in [-3, 3] semitones, time stretch
-  uniform in [0.8, 1.2] (as Scaper's URBAN-SED generation script).
+  uniform in [0.8, 1.2].
 What differs from Scaper (which needs the SoX binary, absent here, so it is not used): the SNR is a ratio of
 RMS levels over the event's samples, not of LUFS loudness; pitch shift and time stretch are librosa's phase
-vocoder, not SoX's; a mixture whose peak would exceed 1 is scaled down as a whole (annotations unchanged).
+vocoder, not SoX's; no reverb (URBAN-SED adds SoX reverb 0.1); a class whose clips are all used already in
+one soundscape reuses one (Scaper raises; only small sets such as the demo run out); a mixture whose peak
+would exceed 1 is scaled down as a whole (annotations unchanged).
 
 Written: audio/<id>.wav, annotations/<id>.txt (URBAN-SED: onset offset label, no header), jams/<id>.jams,
-events.tsv (DCASE event list over all soundscapes) and soundscapes.json (folds, seed, settings, the clip of
-every event), so `detect` can refuse a solution that trained on these folds (the fold-leakage guard).
+events.tsv (DCASE event list over all soundscapes) and soundscapes.json (folds, seed, settings, the onset
+distribution and the clip of every event), so `detect` can refuse a solution that trained on these folds (the
+fold-leakage guard).
 """
 from __future__ import annotations
 
@@ -43,11 +52,17 @@ class SoundscapeSettings:
     sample_rate: int = 44100
     min_events: int = 1
     max_events: int = 9
+    event_seconds: tuple[float, float] = (0.5, 4.0)   # excerpt length before stretching, capped at the clip's
     snr_db: tuple[float, float] = (6.0, 30.0)
     pitch_semitones: tuple[float, float] = (-3.0, 3.0)
     time_stretch: tuple[float, float] = (0.8, 1.2)
     background_dbfs: float = -50.0          # RMS of the Brownian noise
     augment: bool = True                    # pitch shift and time stretch (False: the clips as they are)
+    onset_std: float = 0.2                  # truncated normals: std 2 s of 10 s
+    onset_modes: tuple[float, ...] = (0.3, 0.7)  # bimodal means: 3 s and 7 s of 10 s (unimodal: 0.5)
+
+
+ONSET_DISTRIBUTIONS = ("uniform", "unimodal", "bimodal")  # URBAN-SED's three subsets; soundscape i: i % 3
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,7 @@ class PlacedEvent:
     label: str
     source: str             # the clip's file name
     fold: int
+    excerpt_seconds: float  # the clip's first seconds used, before stretching
     snr_db: float
     pitch_semitones: float
     time_stretch: float
@@ -83,39 +99,58 @@ def brownian_noise(rng: np.random.Generator, num_samples: int, dbfs: float) -> n
 
 
 def transform(clip: np.ndarray, rate: int, semitones: float, stretch: float) -> np.ndarray:
-    """Pitch shift then time stretch (librosa's phase vocoder); stretch > 1 makes the clip shorter."""
+    """Pitch shift then time stretch (librosa's phase vocoder); `stretch` multiplies the length (Scaper's factor)."""
     import librosa
 
     shifted = librosa.effects.pitch_shift(clip, sr=rate, n_steps=semitones)
-    return librosa.effects.time_stretch(shifted, rate=stretch).astype(np.float32)
+    return librosa.effects.time_stretch(shifted, rate=1.0 / stretch).astype(np.float32)
+
+
+def draw_onset(rng: np.random.Generator, distribution: str, settings: SoundscapeSettings) -> float:
+    """An onset (seconds) from one of URBAN-SED's three distributions over [0, duration]."""
+    duration = settings.duration
+    if distribution == "uniform":
+        return float(rng.uniform(0.0, duration))
+    mean = 0.5 if distribution == "unimodal" else settings.onset_modes[int(rng.integers(2))]
+    while True:  # a normal truncated to [0, duration], by rejection
+        onset = float(rng.normal(mean * duration, settings.onset_std * duration))
+        if 0.0 <= onset <= duration:
+            return onset
 
 
 def make_soundscape(clips: pd.DataFrame, settings: SoundscapeSettings, rng: np.random.Generator,
-                    ) -> tuple[np.ndarray, list[PlacedEvent]]:
+                    onset_distribution: str = "uniform") -> tuple[np.ndarray, list[PlacedEvent]]:
     """One soundscape and its events, drawn from `rng` (module docstring)."""
     rate, length = settings.sample_rate, int(round(settings.duration * settings.sample_rate))
     mixture = brownian_noise(rng, length, settings.background_dbfs).astype(np.float64)
     background_rms = 10 ** (settings.background_dbfs / 20)
     classes = sorted(set(clips["classID"]))
-    events = []
+    events, used = [], set()
     for _ in range(int(rng.integers(settings.min_events, settings.max_events + 1))):
         class_id = classes[int(rng.integers(len(classes)))]
         rows = clips[clips["classID"] == class_id]
+        unused = rows[~rows["slice_file_name"].isin(used)]
+        rows = unused if len(unused) else rows  # a small set may run out of unused clips (module docstring)
         row = rows.iloc[int(rng.integers(len(rows)))]
+        used.add(row["slice_file_name"])
+        wanted = float(rng.uniform(*settings.event_seconds))
         semitones = float(rng.uniform(*settings.pitch_semitones)) if settings.augment else 0.0
         stretch = float(rng.uniform(*settings.time_stretch)) if settings.augment else 1.0
         snr = float(rng.uniform(*settings.snr_db))
+        onset = draw_onset(rng, onset_distribution, settings)
         clip = load_signal(Path(row["path"]), rate)
+        clip = clip[:max(1, int(round(wanted * rate)))]   # from the clip's start, at most its length
+        excerpt = len(clip) / rate
         if settings.augment:
             clip = transform(clip, rate, semitones, stretch)
         clip = clip[:length]
-        start = int(rng.integers(0, length - len(clip) + 1))
+        start = min(int(round(onset * rate)), length - len(clip))   # ends with the soundscape at the latest
         rms = float(np.sqrt(np.mean(clip.astype(np.float64) ** 2)))
         if rms > 0:
             mixture[start:start + len(clip)] += clip * (background_rms * 10 ** (snr / 20) / rms)
         events.append(PlacedEvent(round(start / rate, 6), round((start + len(clip)) / rate, 6),
-                                  URBANSOUND8K_CLASSES[int(class_id)], str(row["slice_file_name"]), int(row["fold"]), snr,
-                                  semitones, stretch))
+                                  URBANSOUND8K_CLASSES[int(class_id)], str(row["slice_file_name"]), int(row["fold"]),
+                                  round(excerpt, 6), snr, semitones, stretch))
     peak = float(np.max(np.abs(mixture)))
     if peak > 1.0:
         mixture *= 0.999 / peak  # keep the mixture in range as a whole; relative levels stay
@@ -142,14 +177,15 @@ def write_soundscapes(data: Path, folds: tuple[int, ...], out: Path, count: int,
     rows, record = [], []
     for index in range(count):
         name = f"{name_prefix}_{index:05d}"
-        audio, events = make_soundscape(clips, settings, np.random.default_rng([seed, index]))
+        distribution = ONSET_DISTRIBUTIONS[index % len(ONSET_DISTRIBUTIONS)]
+        audio, events = make_soundscape(clips, settings, np.random.default_rng([seed, index]), distribution)
         soundfile.write(building / "audio" / f"{name}.wav", audio, settings.sample_rate, subtype="PCM_16")
         (building / "annotations" / f"{name}.txt").write_text(
             "".join(f"{e.onset:.6f}\t{e.offset:.6f}\t{e.label}\n" for e in events))
         write_jams(building / "jams" / f"{name}.jams", events, settings, folds, seed, index)
         rows.extend({"filename": f"{name}.wav", "onset": e.onset, "offset": e.offset, "event_label": e.label}
                     for e in events)
-        record.append({"file": f"{name}.wav", "events": [asdict(e) for e in events]})
+        record.append({"file": f"{name}.wav", "onset_distribution": distribution, "events": [asdict(e) for e in events]})
     write_event_list(pd.DataFrame(rows, columns=EVENT_COLUMNS), building / "events.tsv")
     with atomic_open(building / RECORD_NAME, "w") as handle:
         json.dump({"folds": list(folds), "seed": seed, "count": count, "data": str(Path(data).resolve()),

@@ -5,10 +5,17 @@ them. Its scores are those of the clip-long window centred on the frame's middle
 scored with the same amount of context on both sides. The recording is zero-padded by
 (clip - hop)/2 samples at each end so the first and last frames have their centred window; zero
 padding is what training does to short clips. The recording is decoded and resampled once; windows
-of many files are batched; the fold ensemble computes each batch's mel spectrogram once for all its
-fold models (core/model/ensemble.py). Every window goes through the model on its own: the mel
-frames that overlapping windows share are not reused (that would only be exact where the mel
-frames fall on the same sample grid; not done yet).
+of many files are batched.
+
+Consecutive windows of a batch are one strip of the padded recording (PyTorch models). The mel frames
+they share are computed once per strip: where the hop is a multiple of the mel hop, each window's mel
+frames are the strip's, except the few frames at each window edge, which see the window's own reflection
+padding and are computed per window; the energies are then those of the window on its own (bit for bit
+here; tests/test_detect_speed.py). PCEN is not shared by default: its smoother starts at each window's
+first frame, so a window's PCEN depends on where it starts. `backbone_once` (detect --backbone-once) runs
+PCEN and the backbone once per strip and pools each window's slice of the feature maps: a different
+computation (module core/model/ensemble.py), offered as an option with its measured F1 (benchmarks/README.md).
+ONNX models take fixed-length windows: every window is transformed on its own.
 """
 from __future__ import annotations
 
@@ -43,12 +50,16 @@ class FrameGrid:
 
     def window(self, signal: np.ndarray, frame: int) -> np.ndarray:
         """The window of `frame`: signal[frame*hop - left_pad : ... + clip], zeros outside the signal."""
-        start = frame * self.hop - self.left_pad
-        window = np.zeros(self.clip, dtype=np.float32)
-        lo, hi = max(0, start), min(len(signal), start + self.clip)
+        return self.strip(signal, frame, 1)
+
+    def strip(self, signal: np.ndarray, first: int, count: int) -> np.ndarray:
+        """The padded signal under the windows of frames first .. first+count-1: (count-1)*hop + clip samples."""
+        start = first * self.hop - self.left_pad
+        strip = np.zeros((count - 1) * self.hop + self.clip, dtype=np.float32)
+        lo, hi = max(0, start), min(len(signal), start + len(strip))
         if hi > lo:
-            window[lo - start:hi - start] = signal[lo:hi]
-        return window
+            strip[lo - start:hi - start] = signal[lo:hi]
+        return strip
 
 
 @dataclass
@@ -74,7 +85,7 @@ def grid_for(spec: ModelSpec, hop_seconds: float) -> FrameGrid:
 
 def detect_files(files: Sequence[Path], spec: ModelSpec, rules: PostProcessing, *, hop_seconds: float = 0.5,
                  salience: SaliencePolicy = SaliencePolicy("marginal"), batch_size: int = 32,
-                 on_progress: Callable[[int], None] | None = None) -> Detection:
+                 on_progress: Callable[[int], None] | None = None, backbone_once: bool = False) -> Detection:
     """Decode each file once, score every frame's window in batches, turn each file's scores into events."""
     if tuple(rules.classes) != tuple(spec.class_names):
         raise ValueError("the post-processing rules are for other classes than the model's")
@@ -87,7 +98,7 @@ def detect_files(files: Sequence[Path], spec: ModelSpec, rules: PostProcessing, 
         except AudioError as error:
             bad[str(path)] = str(error)
         else:
-            scores = score_frames(signal, grid, spec, salience.values_for(Path(path)), batch_size)
+            scores = score_frames(signal, grid, spec, salience.values_for(Path(path)), batch_size, backbone_once)
             duration = len(signal) / spec.sample_rate
             results.append(FileDetection(Path(path), duration, hop, scores, scores_to_events(scores, hop, duration,
                                                                                               rules), spec.class_names))
@@ -97,13 +108,19 @@ def detect_files(files: Sequence[Path], spec: ModelSpec, rules: PostProcessing, 
 
 
 def score_frames(signal: np.ndarray, grid: FrameGrid, spec: ModelSpec, salience_values: tuple[int, ...],
-                 batch_size: int) -> np.ndarray:
-    """Class scores [frames, classes] of one decoded recording."""
+                 batch_size: int, backbone_once: bool = False) -> np.ndarray:
+    """Class scores [frames, classes] of one decoded recording (strips of `batch_size` windows; module docstring)."""
     count = grid.frame_count(len(signal))
     parts = []
     for first in range(0, count, batch_size):
-        batch = np.stack([grid.window(signal, frame) for frame in range(first, min(count, first + batch_size))])
-        parts.append(np.asarray(spec.predict(batch, salience_values), dtype=np.float32))
+        size = min(count, first + batch_size) - first
+        if spec.predict_strip is not None:
+            scores = spec.predict_strip(grid.strip(signal, first, size), size, grid.hop, salience_values,
+                                        backbone_once)
+        else:
+            scores = spec.predict(np.stack([grid.window(signal, frame) for frame in range(first, first + size)]),
+                                  salience_values)
+        parts.append(np.asarray(scores, dtype=np.float32))
     return np.concatenate(parts)
 
 

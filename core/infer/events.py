@@ -85,6 +85,14 @@ def load_thresholds(path: Path, median_frames: int, min_length: float, min_gap: 
                           median_frames, min_length, min_gap, tuple(classes))
 
 
+def write_thresholds(rules: PostProcessing, path: Path) -> Path:
+    """The --thresholds CSV of `rules`: event_label,on,off, one row per class (what load_thresholds reads)."""
+    from core.atomic import write_csv
+
+    return write_csv(pd.DataFrame({"event_label": list(rules.classes), "on": list(rules.on), "off": list(rules.off)}),
+                     path)
+
+
 class _MedianFilter:
     """Streaming median over `size` frames, edges repeated (equal to scipy's mode="nearest" offline)."""
 

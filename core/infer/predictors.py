@@ -11,6 +11,8 @@ from core.errors import UserError
 from core.folds import URBANSOUND8K_CLASSES
 
 Predictor = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]  # (windows [B, L], salience values) -> [B, classes]
+# (strip [(count - 1) * hop + L], count, hop, salience values, backbone_once) -> [count, classes]
+StripPredictor = Callable[[np.ndarray, int, int, tuple[int, ...], bool], np.ndarray]
 
 
 @dataclass
@@ -24,11 +26,14 @@ class ModelSpec:
     description: str
     fold_keys: tuple[int, ...] = ()             # the fold models' keys (k of best_model_fold<k>), every solution
     class_names: tuple[str, ...] = URBANSOUND8K_CLASSES  # the predictions' columns, in order (from the models)
+    predict_strip: StripPredictor | None = None  # overlapping windows of one strip, sharing work (PyTorch only)
 
 
 def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
-                    device: str = "auto", precision: str = "auto") -> ModelSpec:
-    """Every fold model of each solution in `solutions/<name>/`, blended with `method` and `weights`."""
+                    device: str = "auto", precision: str = "auto", folds: tuple[int, ...] | None = None,
+                    protocol: str = "kaggle") -> ModelSpec:
+    """Every fold model (or those of `folds`) of each solution in its `protocol` folder under `solutions`
+    (core/solution_folder.py), blended with `method` and `weights`."""
     import torch
 
     from core.blend import combine
@@ -41,7 +46,7 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     configure_backends(runtime.device)
     ensembles, rates, lengths, keys, classes = [], {}, {}, set(), {}
     for name in solution_names:
-        models = load_fold_models(SolutionFolder.of(solutions, name).root, name, runtime)
+        models = load_fold_models(SolutionFolder.of(solutions, name, protocol).root, name, runtime, folds)
         frontend = models[0].recipe.frontend
         keys.update(m.fold for m in models)
         rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
@@ -50,23 +55,34 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     check_same_input(rates, lengths)
     check_same_classes(classes)
 
-    def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
-        waveforms = torch.from_numpy(windows).to(runtime.device, non_blocking=True)
+    def run(salience_values: tuple[int, ...], batch: int, probabilities) -> np.ndarray:
+        """Each solution's probabilities (`probabilities(ensemble, saliences)`), blended."""
         per_solution = []
         with torch.inference_mode(), autocast(runtime.device, runtime.precision):
             for ensemble in ensembles:
                 values = salience_values if ensemble.uses_salience else (None,)
-                saliences = [None if v is None else torch.full((len(windows),), v, dtype=torch.int64,
+                saliences = [None if v is None else torch.full((batch,), v, dtype=torch.int64,
                                                                 device=runtime.device) for v in values]
-                runs = ensemble.probabilities(waveforms, saliences)
+                runs = probabilities(ensemble, saliences)
                 per_solution.append(torch.stack(runs).mean(dim=0).float().cpu().numpy())
         return per_solution[0] if len(per_solution) == 1 else combine(per_solution, weights, method)
+
+    def predict(windows: np.ndarray, salience_values: tuple[int, ...]) -> np.ndarray:
+        waveforms = torch.from_numpy(windows).to(runtime.device, non_blocking=True)
+        return run(salience_values, len(windows), lambda ensemble, saliences: ensemble.probabilities(waveforms,
+                                                                                                      saliences))
+
+    def predict_strip(strip: np.ndarray, count: int, hop: int, salience_values: tuple[int, ...],
+                      backbone_once: bool) -> np.ndarray:
+        waveform = torch.from_numpy(np.ascontiguousarray(strip)).to(runtime.device, non_blocking=True)
+        return run(salience_values, count, lambda ensemble, saliences: ensemble.window_probabilities(
+            waveform, count, hop, saliences, backbone_once))
 
     name = next(iter(rates))
     return ModelSpec(rates[name], lengths[name], predict, any(e.uses_salience for e in ensembles),
                      " + ".join(f"{n} ({w:g})" if len(solution_names) > 1 else n
                                 for n, w in zip(solution_names, weights, strict=True)),
-                     tuple(sorted(keys)), next(iter(classes.values())))
+                     tuple(sorted(keys)), next(iter(classes.values())), predict_strip)
 
 
 def check_same_classes(classes: dict[tuple[str, int], tuple[str, ...]]) -> None:

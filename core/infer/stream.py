@@ -108,9 +108,14 @@ class StreamDetector:
         started = time.perf_counter()
         for first in range(0, count, self.batch_size):
             size = min(self.batch_size, count - first)
-            windows = np.stack([self.buffer[(first + i) * self.grid.hop:(first + i) * self.grid.hop + self.grid.clip]
-                                for i in range(size)])
-            scores = np.asarray(self.spec.predict(windows, self.salience_values), dtype=np.float32)
+            start, hop, clip = first * self.grid.hop, self.grid.hop, self.grid.clip
+            if self.spec.predict_strip is not None:  # the windows' shared mel frames once (core/infer/detect.py)
+                scores = self.spec.predict_strip(self.buffer[start:start + (size - 1) * hop + clip], size, hop,
+                                                 self.salience_values, False)
+            else:
+                scores = self.spec.predict(np.stack([self.buffer[start + i * hop:start + i * hop + clip]
+                                                     for i in range(size)]), self.salience_values)
+            scores = np.asarray(scores, dtype=np.float32)
             for row in scores:
                 if self.on_frame:
                     self.on_frame(self.next_frame, row)

@@ -32,6 +32,7 @@ class FoldEnsemble(nn.Module):
         keys = [mel_settings(frontend) for frontend in frontends]
         self.mel_owner = [keys.index(key) for key in keys]  # the first model with these mel settings computes them
         self.uses_salience = any(model.uses_salience for model in models)
+        self.window_columns: dict[int, int] = {}  # backbone output length of one window, by its mel frames
 
     def forward(self, waveforms: Tensor, salience: Tensor | None = None) -> Tensor:
         """waveforms float [B, num_samples], salience int64 [B] (1 | 2; fusion models) -> probabilities [B, 10]."""
@@ -51,6 +52,55 @@ class FoldEnsemble(nn.Module):
                 probabilities.append(torch.softmax(logits, dim=1))
             results.append(torch.stack(probabilities).mean(dim=0))
         return results
+
+    def window_probabilities(self, strip: Tensor, count: int, hop: int, saliences: list[Tensor | None],
+                             backbone_once: bool = False) -> list[Tensor]:
+        """Probabilities [count, 10] of the `count` clip-long windows that start every `hop` samples of `strip`
+        [L = (count - 1) * hop + num_samples], under each salience tensor in `saliences`.
+
+        Default: the mel frames the windows share are computed once (PCENFrontend.window_energies: the same
+        energies as per window), then PCEN and the network run per window, as `probabilities` on the stacked
+        windows. backbone_once: PCEN and the backbone run once over the whole strip and each window's slice of
+        the feature maps (the columns nearest its frames) goes through the head (AudioClassifier.forward_maps).
+        That is not the per-window computation: PCEN's smoother and the convolutions see the neighbouring
+        audio instead of the window's edges, a window's slice is rounded to the maps' time grid, and CBAM's
+        channel attention pools over the strip (core/infer/detect.py says when it is offered).
+        """
+        clip = self.models[0].audio_input.frontend.num_samples
+        energies: dict[int, list[Tensor]] = {}
+        maps: dict[int, Tensor] = {}
+        results = []
+        for salience in saliences:
+            probabilities = []
+            for index, model in enumerate(self.models):
+                owner = self.mel_owner[index]
+                frontend = self.models[owner].audio_input.frontend
+                if owner not in energies:
+                    energies[owner] = (frontend.mel_energies(strip[None]) if backbone_once
+                                       else frontend.window_energies(strip, count, hop, clip))
+                if not backbone_once:
+                    logits = model.forward_energies(energies[owner], salience)
+                else:
+                    if index not in maps:  # salience enters after the backbone (FiLM, concat): once per model
+                        maps[index] = self._window_maps(model, energies[owner], count, hop / frontend.hop_length)
+                    logits = model.forward_maps(maps[index], salience)
+                probabilities.append(torch.softmax(logits.float(), dim=1))
+            results.append(torch.stack(probabilities).mean(dim=0))
+        return results
+
+    def _window_maps(self, model: AudioClassifier, strip_energies: list[Tensor], count: int,
+                     hop_frames: float) -> Tensor:
+        """The backbone once over the strip's energies, sliced per window: [count, C, F', columns of one window]."""
+        strip_maps = model.backbone(model.audio_input(strip_energies))               # [1, C, F', T']
+        frontend = model.audio_input.frontend
+        window_frames = frontend.num_samples // frontend.hop_length + 1
+        if window_frames not in self.window_columns:  # the backbone's output length for one window
+            probe = strip_energies[0].new_zeros(1, len(strip_energies), strip_energies[0].shape[1], window_frames)
+            self.window_columns[window_frames] = model.backbone(probe).shape[-1]
+        columns, total = self.window_columns[window_frames], strip_maps.shape[-1]
+        scale = total / strip_energies[0].shape[-1]                                 # map columns per mel frame
+        starts = [min(max(0, round(window * hop_frames * scale)), total - columns) for window in range(count)]
+        return torch.stack([strip_maps[0, :, :, start:start + columns] for start in starts])
 
     def use_plain_ops(self) -> FoldEnsemble:
         """PCEN in plain tensor ops (one matmul smoother) instead of the fused training kernel: for tracing."""

@@ -68,8 +68,15 @@ class AudioClassifier(nn.Module):
     def forward_energies(self, energies: list[Tensor], salience: Tensor | None = None,
                          mix: tuple[float, Tensor] | None = None) -> Tensor:
         """Mel energies -> logits, without input checks (`forward` checks; exported graphs check outside)."""
+        return self.forward_maps(self.backbone(self.audio_input(energies)), salience, mix)
+
+    def forward_maps(self, maps: Tensor, salience: Tensor | None = None,
+                     mix: tuple[float, Tensor] | None = None) -> Tensor:
+        """Backbone feature maps [B, C, F', T'] -> logits: FiLM, frequency mean, temporal model, pooling, head.
+
+        Also takes per-window slices of maps computed over a longer recording (core/model/ensemble.py).
+        """
         condition = self.salience(salience.long(), mix) if self.uses_salience else None
-        maps = self.backbone(self.audio_input(energies))
         if self.film is not None:
             maps = self.film(maps, condition)
         sequence = maps.mean(dim=2)                                       # over frequency: [B, C, T]
