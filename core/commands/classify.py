@@ -46,11 +46,11 @@ def classify(
     Files longer than the model's clip are cut into windows every --hop seconds (the last window ends at the end of the file); a file's probabilities aggregate its windows (--aggregate). TARGET is the most probable class's name. Files that cannot be decoded get no row and make the exit code 2 (0 with --skip-bad-audio).
     """
     import json
-    import sys
 
     from rich.console import Console
 
     from core.atomic import check_writable, write_csv
+    from core.commands.outcome import finish
     from core.errors import UserError
     from core.infer.classify import (
         estimated_windows,
@@ -95,17 +95,9 @@ def classify(
     else:
         table_console = Console()
         print_table(result, spec.description, table_console if table_console.is_terminal else Console(width=200))
-    for path, reason in result.bad.items():
-        console.print(f"[bold red]could not classify[/] {path}: {reason}", highlight=False)
     written = [str(p) for p in (out, windows) if p is not None] + ([f"{len(plotted)} timeline(s) in {plot}"]
                                                                   if plot is not None else [])
-    if written:
-        console.print("wrote " + ", ".join(written), highlight=False)
-    if result.bad:
-        console.print(f"{len(result.bad)} of {len(files)} file(s) could not be decoded and got no row",
-                      highlight=False)
-        if not skip_bad_audio:
-            sys.exit(2)
+    finish(console, result.bad, len(files), written, "could not classify", "no row", skip_bad_audio)
 
 
 def blend_members(solution: list[str] | None, recipe: Path | None) -> tuple[list[str], list[float], str]:

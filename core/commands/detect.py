@@ -110,12 +110,12 @@ def detect(
     Post-processing, per class: median filter (--median), hysteresis thresholds (an event opens at --on and closes below --off; --thresholds FILE for per-class values), gaps up to --min-gap merged, events shorter than --min-length dropped. A class never has two overlapping events, so overlapping windows give no duplicates. Thresholds by default: the solution's detect_thresholds.csv where `tune-detect` wrote one (chosen out of fold: each fold model on soundscapes of its own validation fold), else hand-set 0.5 / 0.3; a stderr line says which. The time rules (1.5 s, 0.5 s, 0.5 s) are set by hand. Files that cannot be decoded get no events and make the exit code 2 (0 with --skip-bad-audio).
     """
     import json
-    import sys
 
     from rich.console import Console
 
     from core.atomic import check_writable
     from core.commands.classify import blend_members
+    from core.commands.outcome import finish
     from core.errors import UserError
     from core.infer.detect import as_json as to_json
     from core.infer.detect import check_soundscape_leakage, events_frame
@@ -166,15 +166,7 @@ def detect(
         typer.echo(json.dumps(to_json(result), indent=2))
     else:
         print_events(result, spec.description)
-    for path, reason in result.bad.items():
-        console.print(f"[bold red]could not read[/] {path}: {reason}", highlight=False)
-    if written:
-        console.print("wrote " + ", ".join(written), highlight=False)
-    if result.bad:
-        console.print(f"{len(result.bad)} of {len(files)} file(s) could not be decoded and got no events",
-                      highlight=False)
-        if not skip_bad_audio:
-            sys.exit(2)
+    finish(console, result.bad, len(files), written, "could not read", "no events", skip_bad_audio)
 
 
 def run_detection(files, spec, rules, hop, policy, batch_size, show_bar, console, backbone_once=False):
