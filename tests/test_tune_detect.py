@@ -82,7 +82,7 @@ def test_tune_detect_writes_one_row_per_class_from_each_models_validation_fold_o
     assert all(label in out for label in CLASS_NAMES)
 
     # detect and monitor take it by default, say so, and give way to --on/--off or --thresholds.
-    rules, source = post_processing(0.5, None, None, 1.5, 0.5, 0.5, None, written)
+    rules, source = post_processing(0.5, None, None, 1.5, 0.5, 0.5, None, tuple(CLASS_NAMES), written)
     assert list(rules.on) == list(table["on"]) and list(rules.off) == list(table["off"])
     assert "tuned out of fold" in source and str(written) in source
     clip = next((official_data / "audio" / "fold9").glob("*.wav"))
