@@ -15,6 +15,7 @@ from core.data.metadata import load_source
 from core.errors import UserError
 from core.folds import fold_roles
 from core.predictions import probability_columns
+from core.solution_folder import SolutionFolder
 from core.train.options import TrainOptions
 from core.train.solution import train_solution
 
@@ -285,30 +286,79 @@ def test_clip_seconds_is_part_of_the_run_identity(tmp_path, one_torch_thread):
         train_solution(longer, load_source(data), options(out, tmp_path, folds=(1,), protocol="kfold"))
 
 
-def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, capsys):
-    """Through the command line: folds.csv lands in the output folder with --n-folds folds and the pattern's
-    groups, before the fusion solution is refused (so no training runs)."""
+def folder_set(root):
+    """Class folders of tones, two clips per recording (file names <recording>-<clip>.wav)."""
+    rng = np.random.default_rng(0)
+    for name, frequency in (("hum", 300.0), ("whistle", 2000.0)):
+        (root / name).mkdir(parents=True)
+        for clip in range(12):
+            soundfile.write(root / name / f"{100 + clip // 2 + (50 if name == 'hum' else 0)}-{clip % 2}.wav",
+                            tone_clip(frequency, rng), RATE)
+    return root
+
+
+def run_train_cli(argv: list[str]) -> int:
+    """`python -m core train ...` in this process (so that monkeypatches reach it); the exit code."""
     import sys
 
     from core.cli import main
 
-    data, rng = tmp_path / "folders", np.random.default_rng(0)
-    for name, frequency in (("hum", 300.0), ("whistle", 2000.0)):  # class folders, two clips per recording
-        (data / name).mkdir(parents=True)
-        for clip in range(12):
-            soundfile.write(data / name / f"{100 + clip // 2 + (50 if name == 'hum' else 0)}-{clip % 2}.wav",
-                            tone_clip(frequency, rng), RATE)
-    out = tmp_path / "out"
-    argv = ["train", "resnet34_pcen_salience_fusion_attention", "--data", str(data), "--out", str(out),
-            "--protocol", "kfold", "--n-folds", "3", "--group-pattern", r"^(\d+)-", "--no-progress"]
-    old_argv, sys.argv = sys.argv, ["python -m core", *argv]
+    old_argv, sys.argv = sys.argv, ["python -m core", "train", *argv]
     try:
-        with pytest.raises(SystemExit) as exited:
-            main()
+        main()
+    except SystemExit as exited:
+        return exited.code
     finally:
         sys.argv = old_argv
-    assert exited.value.code != 0 and "no salience annotation" in capsys.readouterr().err
-    folds = pd.read_csv(out / "folds.csv", dtype=str)
-    assert sorted(folds["fold"].unique()) == ["1", "2", "3"]
+    return 0
+
+
+def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, monkeypatch):
+    """Through the command line: the data reaches train_solution with --n-folds folds and the pattern's groups,
+    assigned but not yet written (train_solution stores them once its own checks pass)."""
+    import core.train.solution
+
+    data, out, seen = folder_set(tmp_path / "folders"), tmp_path / "out", []
+
+    def record(recipe, source, options):
+        seen.append(source)
+        raise UserError("stop here")
+    monkeypatch.setattr(core.train.solution, "train_solution", record)
+    assert run_train_cli(["resnet34_pcen_sam_8fold", "--data", str(data), "--out", str(out), "--protocol", "kfold",
+                          "--n-folds", "3", "--group-pattern", r"^(\d+)-", "--no-progress"]) != 0
+    folds = seen[0].unstored_folds
+    assert sorted(folds["fold"].unique()) == [1, 2, 3]
     assert (folds["group"] == folds["file"].str.extract(r"/(\d+)-", expand=False)).all()  # the pattern's groups
     assert folds.groupby("group")["fold"].nunique().max() == 1                             # none split
+    assert not (out / "folds.csv").exists()
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["resnet34_pcen_salience_fusion_attention", "--protocol", "kfold"], "no salience annotation"),
+    (["resnet34_pcen_sam_8fold", "--protocol", "kfold", "--folds", "7"], "--folds 7: fold(s) 7 outside"),
+    (["resnet34_pcen_sam_8fold", "--protocol", "kaggle"], "defines none; use --protocol kfold"),
+])
+def test_a_refused_train_on_data_without_folds_writes_nothing(tmp_path, capsys, argv, refusal):
+    """A usage error writes nothing: not folds.csv, not even the output folder (folds 1-5 assigned, none stored)."""
+    data, out = folder_set(tmp_path / "folders"), tmp_path / "out"
+    subs = tmp_path / "subs"
+    assert run_train_cli([*argv, "--data", str(data), "--out", str(out), "--submissions", str(subs),
+                          "--no-progress"]) == 2
+    assert refusal in capsys.readouterr().err
+    assert not out.exists() and not subs.exists()
+
+
+def test_train_stores_the_folds_it_assigned_and_a_later_run_reads_them_back(tmp_path, one_torch_thread):
+    data, out = folder_set(tmp_path / "folders"), tmp_path / "out"
+    folds_file = SolutionFolder(out).assigned_folds
+    source = load_source(data, n_folds=3, group_pattern=r"^(\d+)-", folds_file=folds_file, store_folds=False)
+    assert not folds_file.exists()
+    train_solution(small(), source, options(out, tmp_path, folds=(1,), protocol="kfold"))
+    stored = pd.read_csv(folds_file, dtype={"group": str})
+    pd.testing.assert_frame_equal(stored, source.unstored_folds.reset_index(drop=True), check_dtype=False)
+    again = load_source(data, group_pattern=r"^(\d+)-", folds_file=folds_file, store_folds=False)
+    assert again.unstored_folds is None  # read back, not assigned afresh
+    assert again.train["fold"].tolist() == source.train["fold"].tolist()
+    other = load_source(data, n_folds=4, group_pattern=r"^(\d+)-", store_folds=False)  # another assignment
+    with pytest.raises(UserError, match="holds other folds than this run's assignment"):
+        train_solution(small(), other, options(out, tmp_path, folds=(1,), protocol="kfold"))

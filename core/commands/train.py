@@ -153,7 +153,8 @@ def train(
                           "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
             data = ensure_demo_data()
         source = load_source(data, allow_fold_leakage=allow_fold_leakage, n_folds=n_folds,
-                             group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds)
+                             group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds,
+                             store_folds=False)  # stored by train_solution once every check passed
         from core.folds import protocol_folds
         from core.train.data import protocol_data_folds
 
