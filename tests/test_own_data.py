@@ -299,11 +299,16 @@ def folder_set(root):
 
 def run_train_cli(argv: list[str]) -> int:
     """`python -m core train ...` in this process (so that monkeypatches reach it); the exit code."""
+    return run_cli_main(["train", *argv])
+
+
+def run_cli_main(argv: list[str]) -> int:
+    """`python -m core ...` in this process; the exit code."""
     import sys
 
     from core.cli import main
 
-    old_argv, sys.argv = sys.argv, ["python -m core", "train", *argv]
+    old_argv, sys.argv = sys.argv, ["python -m core", *argv]
     try:
         main()
     except SystemExit as exited:
@@ -362,3 +367,21 @@ def test_train_stores_the_folds_it_assigned_and_a_later_run_reads_them_back(tmp_
     other = load_source(data, n_folds=4, group_pattern=r"^(\d+)-", store_folds=False)  # another assignment
     with pytest.raises(UserError, match="holds other folds than this run's assignment"):
         train_solution(small(), other, options(out, tmp_path, folds=(1,), protocol="kfold"))
+
+
+def test_predict_on_data_of_other_classes_writes_the_models_columns_and_does_not_score(tmp_path, capsys):
+    """The data's labels index its classes, the predictions the models': predict says so instead of a number."""
+    from conftest import save_fold_checkpoints
+
+    name = "resnet34_pcen_sam_8fold"
+    save_fold_checkpoints(tmp_path / "solutions", name, recipe=small(name))  # UrbanSound8K's ten classes
+    data = write_csv_set(tmp_path / "data", {"beep": 300.0, "hum": 900.0, "whistle": 2000.0}, clips_per_fold=1,
+                         folds=2, test_clips=1)
+    out, submission = tmp_path / "pred", tmp_path / "sub.csv"
+    code = run_cli_main(["predict", name, "--data", str(data), "--solutions", str(tmp_path / "solutions"),
+                         "--out", str(out), "--submission", str(submission), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "not scored: the data's classes (beep, hum, whistle) are not the models' (air_conditioner" in err
+    assert "test accuracy" not in err
+    assert list(pd.read_csv(out / "best_model_fold1.csv").columns) == ["ID", "TARGET", *[str(k) for k in range(10)]]
