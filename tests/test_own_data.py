@@ -214,6 +214,12 @@ def test_init_from_loads_frontend_and_backbone_and_refuses_another_architecture(
 
     same = build_model(four)  # the same classes: the classifier is loaded too
     assert initialise(same, four, tmp_path / "four.pt").new == []
+    renamed = four.derive(classes=("a", "b", "c", "d"))  # as many classes, other ones: its rows would mean others
+    torch.manual_seed(2)
+    fresh_head = build_model(renamed)
+    initial = fresh_head.classifier.weight.detach().clone()
+    assert initialise(fresh_head, renamed, tmp_path / "four.pt").new == ["classifier.weight", "classifier.bias"]
+    assert torch.equal(fresh_head.classifier.weight, initial)
 
     wide = four.derive(backbone=dict(arch="resnet18"))
     saved_model(tmp_path / "resnet18.pt", wide)
