@@ -290,3 +290,29 @@ def test_tune_folds_are_checked_against_the_data_sets_folds_before_any_work(tmp_
         lines = err.strip().splitlines()
         assert (code, out_text, len(lines)) == (2, "", 1) and lines[0].startswith(f"error: {message}"), (argv, err)
     assert len(searched) == 2 and not out.exists() and list(workdir.iterdir()) == []
+
+
+def test_tune_assigns_the_folds_train_assigns_on_data_without_folds(tmp_path, monkeypatch, capsys):
+    """tune --n-folds/--group-pattern give the data the very folds train gives it (same files, groups, count)."""
+    from test_own_data import folder_set
+
+    import core.commands.tune as tune_command
+    from core.data.metadata import load_source
+
+    data = folder_set(tmp_path / "folders")
+    seen = []
+
+    def stop_before_caching(recipe, request, folds, source):
+        seen.append((tuple(folds), source))
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr(tune_command, "_prepare", stop_before_caching)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["tune", "resnet34_pcen_sam_8fold", "--trials", "1", "--out", str(tmp_path / "out"),
+                             "--data", str(data), "--n-folds", "3", "--group-pattern", r"^(\d+)-"], capsys)
+    assert code == 2 and "stopped by the test" in err, err
+    folds, source = seen[0]
+    trains = load_source(data, n_folds=3, group_pattern=r"^(\d+)-")  # what train assigns (and stores)
+    assert folds == (1, 2, 3)
+    assert source.train["fold"].tolist() == trains.train["fold"].tolist()
+    assert source.groups.equals(trains.groups) and source.groups.nunique() == 12  # two clips per recording

@@ -49,6 +49,11 @@ def tune(
                                      "(default: the recipe's that the data has)."),
     data: Path | None = typer.Option(None, callback=tune_data, help="Data folder (any layout train takes); none: "
                                      "the synthetic demo set."),
+    n_folds: int | None = typer.Option(None, min=2, max=100, help="Folds to assign to data that gives none, as "
+                                       "for train (the same files, groups and count give train's folds) "
+                                       "[default: 5]."),
+    group_pattern: str | None = typer.Option(None, help="Regex naming each file's recording, as for train, so "
+                                             "that the assigned folds keep a recording's clips together."),
     space: Path | None = typer.Option(None, help="Search-space file (.toml/.json) (default: the reference space)."),
     out: Path | None = typer.Option(None, help="Solution folder for the default storage and the report's plots (default: solutions/<solution>)."),
     seed: int = typer.Option(42, min=0, max=SEED_MAX, help="Sampler seed (trial n draws from seed + n)."),
@@ -82,7 +87,8 @@ def tune(
         raise UserError("give --trials N and/or --timeout SECONDS to bound the search "
                         "(Ctrl-C also stops it cleanly; rerunning continues the study)")
     request = SearchRequest(storage_url, study_name, trials, timeout, epochs, folds, data, space, solution_dir,
-                            seed, device, precision, workers_count(workers), max_clips_per_fold, skip_bad_audio, cache_dir)
+                            seed, device, precision, workers_count(workers), max_clips_per_fold, skip_bad_audio, cache_dir,
+                            n_folds, group_pattern)
     _search(recipe, request, Console(stderr=True))
 
 
@@ -106,6 +112,8 @@ class SearchRequest:
     max_clips_per_fold: int | None
     skip_bad_audio: bool
     cache_dir: Path | None = None
+    n_folds: int | None = None        # fold assignment of data without folds (as train's)
+    group_pattern: str | None = None
 
 
 def _report_and_export(storage_url: str, study_name: str, solution_dir: Path, report: bool, top: int,
@@ -177,7 +185,7 @@ def _source(recipe, request: SearchRequest, console):
         console.print("[bold]No --data given: searching on the synthetic demo set[/] (data/demo); "
                       "pass --data for a meaningful search.")
         data = ensure_demo_data()
-    source = load_source(data)
+    source = load_source(data, n_folds=request.n_folds, group_pattern=request.group_pattern)
     recipe_for_data(recipe, source)
     return source
 
