@@ -391,3 +391,23 @@ def test_predict_on_data_of_other_classes_writes_the_models_columns_and_does_not
     assert "not scored: the data's classes (beep, hum, whistle) are not the models' (air_conditioner" in err
     assert "test accuracy" not in err
     assert list(pd.read_csv(out / "best_model_fold1.csv").columns) == ["ID", "TARGET", *[str(k) for k in range(10)]]
+
+
+def test_inference_finds_a_solution_trained_only_under_kfold(tmp_path):
+    """ESC-50 or class folders train under --protocol kfold (solutions/<name>/kfold/): classify, export and
+    predict find those fold models; the kaggle folder's come first, and two held-out folders are refused."""
+    from conftest import save_fold_checkpoints
+
+    from core.infer.predictors import torch_predictor
+
+    name, names = "resnet34_pcen_sam_8fold", ("beep", "hum", "whistle")
+    solutions = tmp_path / "solutions"
+    save_fold_checkpoints(solutions / name, "kfold", folds=(1, 2), recipe=small(name).derive(classes=names))
+    spec = torch_predictor([name], [1.0], "mean", solutions, "cpu", "fp32")
+    assert spec.class_names == names and spec.fold_keys == (1, 2)
+    save_fold_checkpoints(solutions / name, "us8k-10fold", folds=(3,), recipe=small(name))
+    with pytest.raises(UserError, match="fold models under several protocols"):
+        torch_predictor([name], [1.0], "mean", solutions, "cpu", "fp32")
+    save_fold_checkpoints(solutions, name, folds=(4,), recipe=small(name))  # the kaggle folder: as before
+    spec = torch_predictor([name], [1.0], "mean", solutions, "cpu", "fp32")
+    assert spec.fold_keys == (4,) and spec.class_names[0] == "air_conditioner"
