@@ -238,7 +238,7 @@ def test_init_from_loads_frontend_and_backbone_and_refuses_another_architecture(
         initialise(build_model(three), three, tmp_path / "other.pt")
 
 
-def test_freeze_backbone_epochs_trains_only_the_head(tmp_path, one_torch_thread):
+def test_freeze_backbone_epochs_trains_only_the_head(tmp_path, one_torch_thread, capsys):
     import torch
 
     from core.model import checkpoint
@@ -249,6 +249,9 @@ def test_freeze_backbone_epochs_trains_only_the_head(tmp_path, one_torch_thread)
     out = tmp_path / "tuned"
     train_solution(recipe, load_source(data), options(out, tmp_path, folds=(1,), init_from=tmp_path / "start.pt",
                                                       freeze_backbone_epochs=1))
+    printed = " ".join(capsys.readouterr().err.split())  # the fold log says what was loaded, skipped and new
+    assert f"fold 1: --init-from {tmp_path / 'start.pt'}: loaded " in printed
+    assert "skipped 2 (2 classifier of other classes: classifier 2 {classifier.weight, classifier.bias}); new 2" in printed
     trained = checkpoint.load(out / "best_model_fold1.pt")
     identity = json.loads((out / "result_fold1.json").read_text())["identity"]
     assert identity["freeze_backbone_epochs"] == 1 and identity["init_from"].startswith("start.pt sha256 ")
