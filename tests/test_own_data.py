@@ -327,7 +327,7 @@ def run_cli_main(argv: list[str]) -> int:
     return 0
 
 
-def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, monkeypatch):
+def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, monkeypatch, capsys):
     """Through the command line: the data reaches train_solution with --n-folds folds and the pattern's groups,
     assigned but not yet written (train_solution stores them once its own checks pass)."""
     import core.train.solution
@@ -345,6 +345,8 @@ def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path,
     assert (folds["group"] == folds["file"].str.extract(r"/(\d+)-", expand=False)).all()  # the pattern's groups
     assert folds.groupby("group")["fold"].nunique().max() == 1                             # none split
     assert not (out / "folds.csv").exists()
+    assert ("class-folder data: 2 classes, folds 1-3 (assigned), no salience; native rates 8000 Hz: 24 clips -> "
+            "the recipe's 32000 Hz, 4 s clips") in capsys.readouterr().err  # what the data is, from the data
 
 
 @pytest.mark.parametrize("argv, refusal", [

@@ -160,6 +160,10 @@ def train(
 
         check_train_folds(parse_folds(folds), protocol, protocol_folds(protocol, protocol_data_folds(source, protocol)),
                           source.root)
+        if source.layout not in ("kaggle", "official"):  # UrbanSound8K's own layouts: as before
+            from core.train.own_data import describe_data
+
+            console.print(describe_data(source, recipe), highlight=False, markup=False, soft_wrap=True)
         from core.train.solution import train_solution
 
         summary = train_solution(recipe, source, options)
