@@ -85,7 +85,8 @@ class LabelTable:
 
     path: Path
     ids: np.ndarray     # int64, file order
-    labels: np.ndarray  # int64 in [0, NUM_CLASSES)
+    labels: np.ndarray  # int64 in [0, number of classes)
+    classes: tuple[str, ...] | None = None  # the class columns a submission carries (blend --probs), in file order
 
 
 def read_probabilities(path: str | os.PathLike) -> ProbabilityTable:
@@ -117,15 +118,29 @@ def read_oof(path: str | os.PathLike) -> OofTable:
     return OofTable(path, clips, folds, labels, _probability_matrix(frame, path, clips, classes), tuple(classes))
 
 
-def read_submission(path: str | os.PathLike) -> LabelTable:
-    """Read a submission `ID,TARGET` (TARGET = predicted class index 0..9)."""
+CLASSES_ADVICE = ("Fix or regenerate the file; another data set's files are scored with its classes: pass --data "
+                  "DIR (the data set), or score the blend's --probs file (it names the classes).")
+
+
+def read_submission(path: str | os.PathLike, num_classes: int | None = None) -> LabelTable:
+    """Read a submission `ID,TARGET` (TARGET = predicted class index), optionally with one probability
+    column per class (blend --probs: 0..9 or the class names), which say the classes.
+
+    TARGET must lie in 0..K-1: K is the number of class columns the file carries, else `num_classes`,
+    else UrbanSound8K's 10.
+    """
     path = Path(path)
+    classes = tuple(class_columns_of(_header(path)))
+    classes = classes if len(classes) >= 2 else None  # a lone extra column is not a class list
     frame, _ = _read_csv(path, keys=["ID", "TARGET"], what="a submission (ID,TARGET)")
-    return _label_table(frame, path, "TARGET")
+    count = len(classes) if classes else num_classes or NUM_CLASSES
+    table = _label_table(frame, path, "TARGET", count)
+    return LabelTable(table.path, table.ids, table.labels, classes)
 
 
-def read_labels(path: str | os.PathLike) -> LabelTable:
-    """Read true labels: `ID,TARGET` or `ID,classID` (exactly one of the two label columns)."""
+def read_labels(path: str | os.PathLike, num_classes: int = NUM_CLASSES) -> LabelTable:
+    """Read true labels: `ID,TARGET` or `ID,classID` (exactly one of the two label columns), each a class
+    index in 0..num_classes-1 (UrbanSound8K's 10 unless given)."""
     path = Path(path)
     header = _header(path)
     present = [column for column in ("TARGET", "classID") if column in header]
@@ -134,7 +149,7 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         raise UserError(f"{path}: a labels file needs exactly one label column, TARGET or classID; found {found}. "
                         "Keep the column that holds the true class.")
     frame, _ = _read_csv(path, keys=["ID", present[0]], what=f"a labels file (ID,{present[0]})")
-    return _label_table(frame, path, present[0])
+    return _label_table(frame, path, present[0], num_classes)
 
 
 def read_ids(path: str | os.PathLike) -> np.ndarray:
@@ -231,7 +246,7 @@ def _integer_ids(frame: pd.DataFrame, path: Path) -> np.ndarray:
 
 
 def _integer_column(frame: pd.DataFrame, path: Path, column: str, keys: np.ndarray | None,
-                    low: int | None, high: int | None) -> np.ndarray:
+                    low: int | None, high: int | None, advice: str = "Fix or regenerate the file.") -> np.ndarray:
     raw = frame[column]
     if pd.api.types.is_signed_integer_dtype(raw):
         numbers = raw.to_numpy(dtype=np.int64)  # exact: large IDs never pass through float64
@@ -250,7 +265,7 @@ def _integer_column(frame: pd.DataFrame, path: Path, column: str, keys: np.ndarr
         rows = np.flatnonzero(bad)
         details = [f"{_line(row, keys)}: {column} = {_shown(raw.iloc[row])}" for row in rows[:SHOWN_ROWS]]
         raise UserError(format_problems(f"{path}: column {column} must be {allowed}; {len(rows)} bad row(s), first:",
-                                        details) + "\nFix or regenerate the file.")
+                                        details) + f"\n{advice}")
     return numbers.astype(np.int64)
 
 
@@ -295,10 +310,10 @@ def _probability_matrix(frame: pd.DataFrame, path: Path, keys: np.ndarray, class
     return probs
 
 
-def _label_table(frame: pd.DataFrame, path: Path, column: str) -> LabelTable:
+def _label_table(frame: pd.DataFrame, path: Path, column: str, num_classes: int) -> LabelTable:
     ids = _integer_ids(frame, path)
     _refuse_duplicate_keys(ids, path, "ID")
-    labels = _integer_column(frame, path, column, ids, low=0, high=NUM_CLASSES - 1)
+    labels = _integer_column(frame, path, column, ids, low=0, high=num_classes - 1, advice=CLASSES_ADVICE)
     return LabelTable(path, ids, labels)
 
 

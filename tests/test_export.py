@@ -156,3 +156,32 @@ def test_interrupted_large_export_leaves_neither_file(baseline_export, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         export_module.write_model(proto, tmp_path / "large.onnx", external_data_threshold=1)
     assert list(tmp_path.iterdir()) == []  # no .onnx, no data file, no staging folder
+
+
+def test_a_model_of_another_data_sets_classes_exports_and_classifies_with_them(tmp_path):
+    """A 3-class model: the graph's output has 3 columns, class_names holds its names, and classify
+    through the ONNX file names its columns with them (read from the metadata, never UrbanSound8K's)."""
+    import onnx
+    from conftest import tiny
+
+    name, names = "resnet34_pcen_sam_8fold", ("beep", "hum", "whistle")
+    recipe = tiny(name).derive(classes=names)
+    save_fold_checkpoints(tmp_path, name, folds=(1,), recipe=recipe)
+    out = tmp_path / "three.onnx"
+    export_onnx(tmp_path / name, name, out)
+    metadata = read_metadata(out)
+    assert json.loads(metadata["class_names"]) == list(names) and "[batch, 3]" in metadata["probabilities"]
+    waveforms = np.stack([demo_clip(index, recipe.frontend.sample_rate, recipe.frontend.num_samples)
+                          for index in range(2)])
+    assert onnx_probabilities(out, waveforms, None).shape == (2, 3)
+    assert onnx_predictor(out).class_names == names
+
+    unnamed = onnx.load(str(out))  # a graph without our class_names: refused, not read as UrbanSound8K's ten
+    kept = [entry for entry in unnamed.metadata_props if entry.key != "class_names"]
+    del unnamed.metadata_props[:]
+    unnamed.metadata_props.extend(kept)
+    onnx.save(unnamed, str(tmp_path / "unnamed.onnx"))
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match="no sample_rate/num_samples/class_names metadata"):
+        onnx_predictor(tmp_path / "unnamed.onnx")

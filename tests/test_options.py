@@ -249,3 +249,70 @@ def test_train_folds_are_checked_against_the_data_sets_folds_before_any_work(tmp
     assert trained == [(11, 12)] and not out.exists() and list(workdir.iterdir()) == []
     code, _, err = run_main([*base, "--data", str(three_and_test), "--folds", "3"], capsys)
     assert code == 2 and trained[-1] == (3,)
+
+
+def test_tune_folds_are_checked_against_the_data_sets_folds_before_any_work(tmp_path, monkeypatch, capsys):
+    """tune validates on the data's folds beside its test split, like train --protocol kaggle: beyond 1-8 on a
+    data set with more folds, a fold it lacks is one usage line, and the default is the recipe's folds it has."""
+    from test_own_data import write_csv_set
+
+    import core.commands.tune as tune_command
+
+    tones = {"a": 300.0, "b": 900.0, "c": 2000.0}
+    twelve = write_csv_set(tmp_path / "twelve", tones, clips_per_fold=1, folds=12)
+    three = write_csv_set(tmp_path / "three", tones, clips_per_fold=1, folds=3, test_clips=1)
+    searched = []
+
+    def stop_before_caching(recipe, request, folds, source):
+        searched.append(tuple(folds))
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr(tune_command, "_prepare", stop_before_caching)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("US8K_CACHE_DIR", str(workdir / "cache"))
+    base = ["tune", "resnet34_pcen_sam_8fold", "--trials", "1"]
+    for data, folds, expected in ((twelve, ["--folds", "11,12"], (11, 12)), (three, [], (1, 2, 3))):
+        code, _, err = run_main([*base, "--out", str(tmp_path / f"out-{data.name}"), "--data", str(data), *folds],
+                                capsys)
+        assert code == 2 and "stopped by the test" in err and searched[-1] == expected, err
+    refusals = [(["--folds", "13", "--data", str(twelve)],
+                 f"--folds 13: fold(s) 13 outside the folds tune validates on {twelve.resolve()}: 1-12."),
+                (["--data", str(three), "--folds", "4"],
+                 f"--folds 4: fold(s) 4 outside the folds tune validates on {three.resolve()}: 1-3."),
+                (["--folds", "9"],  # no --data: the demo set, refused before it is built
+                 "Invalid value for '--folds': folds must lie in 1-8; got '9': tune on the demo set validates on "
+                 "folds 1-8. (see: ")]
+    out = tmp_path / "out-refused"
+    for argv, message in refusals:
+        code, out_text, err = run_main([*base, "--out", str(out), *argv], capsys)
+        lines = err.strip().splitlines()
+        assert (code, out_text, len(lines)) == (2, "", 1) and lines[0].startswith(f"error: {message}"), (argv, err)
+    assert len(searched) == 2 and not out.exists() and list(workdir.iterdir()) == []
+
+
+def test_tune_assigns_the_folds_train_assigns_on_data_without_folds(tmp_path, monkeypatch, capsys):
+    """tune --n-folds/--group-pattern give the data the very folds train gives it (same files, groups, count)."""
+    from test_own_data import folder_set
+
+    import core.commands.tune as tune_command
+    from core.data.metadata import load_source
+
+    data = folder_set(tmp_path / "folders")
+    seen = []
+
+    def stop_before_caching(recipe, request, folds, source):
+        seen.append((tuple(folds), source))
+        raise UserError("stopped by the test")
+
+    monkeypatch.setattr(tune_command, "_prepare", stop_before_caching)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["tune", "resnet34_pcen_sam_8fold", "--trials", "1", "--out", str(tmp_path / "out"),
+                             "--data", str(data), "--n-folds", "3", "--group-pattern", r"^(\d+)-"], capsys)
+    assert code == 2 and "stopped by the test" in err, err
+    folds, source = seen[0]
+    trains = load_source(data, n_folds=3, group_pattern=r"^(\d+)-")  # what train assigns (and stores)
+    assert folds == (1, 2, 3)
+    assert source.train["fold"].tolist() == trains.train["fold"].tolist()
+    assert source.groups.equals(trains.groups) and source.groups.nunique() == 12  # two clips per recording

@@ -15,6 +15,7 @@ from core.data.metadata import load_source
 from core.errors import UserError
 from core.folds import fold_roles
 from core.predictions import probability_columns
+from core.solution_folder import SolutionFolder
 from core.train.options import TrainOptions
 from core.train.solution import train_solution
 
@@ -213,6 +214,12 @@ def test_init_from_loads_frontend_and_backbone_and_refuses_another_architecture(
 
     same = build_model(four)  # the same classes: the classifier is loaded too
     assert initialise(same, four, tmp_path / "four.pt").new == []
+    renamed = four.derive(classes=("a", "b", "c", "d"))  # as many classes, other ones: its rows would mean others
+    torch.manual_seed(2)
+    fresh_head = build_model(renamed)
+    initial = fresh_head.classifier.weight.detach().clone()
+    assert initialise(fresh_head, renamed, tmp_path / "four.pt").new == ["classifier.weight", "classifier.bias"]
+    assert torch.equal(fresh_head.classifier.weight, initial)
 
     wide = four.derive(backbone=dict(arch="resnet18"))
     saved_model(tmp_path / "resnet18.pt", wide)
@@ -231,7 +238,7 @@ def test_init_from_loads_frontend_and_backbone_and_refuses_another_architecture(
         initialise(build_model(three), three, tmp_path / "other.pt")
 
 
-def test_freeze_backbone_epochs_trains_only_the_head(tmp_path, one_torch_thread):
+def test_freeze_backbone_epochs_trains_only_the_head(tmp_path, one_torch_thread, capsys):
     import torch
 
     from core.model import checkpoint
@@ -242,6 +249,9 @@ def test_freeze_backbone_epochs_trains_only_the_head(tmp_path, one_torch_thread)
     out = tmp_path / "tuned"
     train_solution(recipe, load_source(data), options(out, tmp_path, folds=(1,), init_from=tmp_path / "start.pt",
                                                       freeze_backbone_epochs=1))
+    printed = " ".join(capsys.readouterr().err.split())  # the fold log says what was loaded, skipped and new
+    assert f"fold 1: --init-from {tmp_path / 'start.pt'}: loaded " in printed
+    assert "skipped 2 (2 classifier of other classes: classifier 2 {classifier.weight, classifier.bias}); new 2" in printed
     trained = checkpoint.load(out / "best_model_fold1.pt")
     identity = json.loads((out / "result_fold1.json").read_text())["identity"]
     assert identity["freeze_backbone_epochs"] == 1 and identity["init_from"].startswith("start.pt sha256 ")
@@ -285,30 +295,124 @@ def test_clip_seconds_is_part_of_the_run_identity(tmp_path, one_torch_thread):
         train_solution(longer, load_source(data), options(out, tmp_path, folds=(1,), protocol="kfold"))
 
 
-def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, capsys):
-    """Through the command line: folds.csv lands in the output folder with --n-folds folds and the pattern's
-    groups, before the fusion solution is refused (so no training runs)."""
+def folder_set(root):
+    """Class folders of tones, two clips per recording (file names <recording>-<clip>.wav)."""
+    rng = np.random.default_rng(0)
+    for name, frequency in (("hum", 300.0), ("whistle", 2000.0)):
+        (root / name).mkdir(parents=True)
+        for clip in range(12):
+            soundfile.write(root / name / f"{100 + clip // 2 + (50 if name == 'hum' else 0)}-{clip % 2}.wav",
+                            tone_clip(frequency, rng), RATE)
+    return root
+
+
+def run_train_cli(argv: list[str]) -> int:
+    """`python -m core train ...` in this process (so that monkeypatches reach it); the exit code."""
+    return run_cli_main(["train", *argv])
+
+
+def run_cli_main(argv: list[str]) -> int:
+    """`python -m core ...` in this process; the exit code."""
     import sys
 
     from core.cli import main
 
-    data, rng = tmp_path / "folders", np.random.default_rng(0)
-    for name, frequency in (("hum", 300.0), ("whistle", 2000.0)):  # class folders, two clips per recording
-        (data / name).mkdir(parents=True)
-        for clip in range(12):
-            soundfile.write(data / name / f"{100 + clip // 2 + (50 if name == 'hum' else 0)}-{clip % 2}.wav",
-                            tone_clip(frequency, rng), RATE)
-    out = tmp_path / "out"
-    argv = ["train", "resnet34_pcen_salience_fusion_attention", "--data", str(data), "--out", str(out),
-            "--protocol", "kfold", "--n-folds", "3", "--group-pattern", r"^(\d+)-", "--no-progress"]
     old_argv, sys.argv = sys.argv, ["python -m core", *argv]
     try:
-        with pytest.raises(SystemExit) as exited:
-            main()
+        main()
+    except SystemExit as exited:
+        return exited.code
     finally:
         sys.argv = old_argv
-    assert exited.value.code != 0 and "no salience annotation" in capsys.readouterr().err
-    folds = pd.read_csv(out / "folds.csv", dtype=str)
-    assert sorted(folds["fold"].unique()) == ["1", "2", "3"]
+    return 0
+
+
+def test_train_passes_n_folds_and_group_pattern_to_the_fold_assignment(tmp_path, monkeypatch, capsys):
+    """Through the command line: the data reaches train_solution with --n-folds folds and the pattern's groups,
+    assigned but not yet written (train_solution stores them once its own checks pass)."""
+    import core.train.solution
+
+    data, out, seen = folder_set(tmp_path / "folders"), tmp_path / "out", []
+
+    def record(recipe, source, options):
+        seen.append(source)
+        raise UserError("stop here")
+    monkeypatch.setattr(core.train.solution, "train_solution", record)
+    assert run_train_cli(["resnet34_pcen_sam_8fold", "--data", str(data), "--out", str(out), "--protocol", "kfold",
+                          "--n-folds", "3", "--group-pattern", r"^(\d+)-", "--no-progress"]) != 0
+    folds = seen[0].unstored_folds
+    assert sorted(folds["fold"].unique()) == [1, 2, 3]
     assert (folds["group"] == folds["file"].str.extract(r"/(\d+)-", expand=False)).all()  # the pattern's groups
     assert folds.groupby("group")["fold"].nunique().max() == 1                             # none split
+    assert not (out / "folds.csv").exists()
+    assert ("class-folder data: 2 classes, folds 1-3 (assigned), no salience; native rates 8000 Hz: 24 clips -> "
+            "the recipe's 32000 Hz, 4 s clips") in capsys.readouterr().err  # what the data is, from the data
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["resnet34_pcen_salience_fusion_attention", "--protocol", "kfold"], "no salience annotation"),
+    (["resnet34_pcen_sam_8fold", "--protocol", "kfold", "--folds", "7"], "--folds 7: fold(s) 7 outside"),
+    (["resnet34_pcen_sam_8fold", "--protocol", "kaggle"], "defines none; use --protocol kfold"),
+])
+def test_a_refused_train_on_data_without_folds_writes_nothing(tmp_path, capsys, argv, refusal):
+    """A usage error writes nothing: not folds.csv, not even the output folder (folds 1-5 assigned, none stored)."""
+    data, out = folder_set(tmp_path / "folders"), tmp_path / "out"
+    subs = tmp_path / "subs"
+    assert run_train_cli([*argv, "--data", str(data), "--out", str(out), "--submissions", str(subs),
+                          "--no-progress"]) == 2
+    assert refusal in capsys.readouterr().err
+    assert not out.exists() and not subs.exists()
+
+
+def test_train_stores_the_folds_it_assigned_and_a_later_run_reads_them_back(tmp_path, one_torch_thread):
+    data, out = folder_set(tmp_path / "folders"), tmp_path / "out"
+    folds_file = SolutionFolder(out).assigned_folds
+    source = load_source(data, n_folds=3, group_pattern=r"^(\d+)-", folds_file=folds_file, store_folds=False)
+    assert not folds_file.exists()
+    train_solution(small(), source, options(out, tmp_path, folds=(1,), protocol="kfold"))
+    stored = pd.read_csv(folds_file, dtype={"group": str})
+    pd.testing.assert_frame_equal(stored, source.unstored_folds.reset_index(drop=True), check_dtype=False)
+    again = load_source(data, group_pattern=r"^(\d+)-", folds_file=folds_file, store_folds=False)
+    assert again.unstored_folds is None  # read back, not assigned afresh
+    assert again.train["fold"].tolist() == source.train["fold"].tolist()
+    other = load_source(data, n_folds=4, group_pattern=r"^(\d+)-", store_folds=False)  # another assignment
+    with pytest.raises(UserError, match="holds other folds than this run's assignment"):
+        train_solution(small(), other, options(out, tmp_path, folds=(1,), protocol="kfold"))
+
+
+def test_predict_on_data_of_other_classes_writes_the_models_columns_and_does_not_score(tmp_path, capsys):
+    """The data's labels index its classes, the predictions the models': predict says so instead of a number."""
+    from conftest import save_fold_checkpoints
+
+    name = "resnet34_pcen_sam_8fold"
+    save_fold_checkpoints(tmp_path / "solutions", name, recipe=small(name))  # UrbanSound8K's ten classes
+    data = write_csv_set(tmp_path / "data", {"beep": 300.0, "hum": 900.0, "whistle": 2000.0}, clips_per_fold=1,
+                         folds=2, test_clips=1)
+    out, submission = tmp_path / "pred", tmp_path / "sub.csv"
+    code = run_cli_main(["predict", name, "--data", str(data), "--solutions", str(tmp_path / "solutions"),
+                         "--out", str(out), "--submission", str(submission), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "not scored: the data's classes (beep, hum, whistle) are not the models' (air_conditioner" in err
+    assert "test accuracy" not in err
+    assert list(pd.read_csv(out / "best_model_fold1.csv").columns) == ["ID", "TARGET", *[str(k) for k in range(10)]]
+
+
+def test_inference_finds_a_solution_trained_only_under_kfold(tmp_path):
+    """ESC-50 or class folders train under --protocol kfold (solutions/<name>/kfold/): classify, export and
+    predict find those fold models; the kaggle folder's come first, and two held-out folders are refused."""
+    from conftest import save_fold_checkpoints
+
+    from core.infer.predictors import torch_predictor
+
+    name, names = "resnet34_pcen_sam_8fold", ("beep", "hum", "whistle")
+    solutions = tmp_path / "solutions"
+    save_fold_checkpoints(solutions / name, "kfold", folds=(1, 2), recipe=small(name).derive(classes=names))
+    spec = torch_predictor([name], [1.0], "mean", solutions, "cpu", "fp32")
+    assert spec.class_names == names and spec.fold_keys == (1, 2)
+    save_fold_checkpoints(solutions / name, "us8k-10fold", folds=(3,), recipe=small(name))
+    with pytest.raises(UserError, match="fold models under several protocols"):
+        torch_predictor([name], [1.0], "mean", solutions, "cpu", "fp32")
+    save_fold_checkpoints(solutions, name, folds=(4,), recipe=small(name))  # the kaggle folder: as before
+    spec = torch_predictor([name], [1.0], "mean", solutions, "cpu", "fp32")
+    assert spec.fold_keys == (4,) and spec.class_names[0] == "air_conditioner"

@@ -23,7 +23,7 @@ def fake_results(folder, protocol: str, scores: dict[int, float], seconds: float
                   "composite": composite, "epochs": 5}
         pd.DataFrame({"epoch": range(1, 6), "seconds": [seconds / 5] * 5}).to_csv(folder / f"history_fold{fold}.csv",
                                                                                  index=False)
-        if protocol == "us8k-10fold":
+        if protocol in ("us8k-10fold", "kfold"):
             result["test"] = {"accuracy": composite, "macro_f1": composite, "composite": composite}
             pd.DataFrame({"classID": [0, 1], "TARGET": [0, 0]}).to_csv(folder / f"test_fold{fold}.csv", index=False)
         (folder / f"result_fold{fold}.json").write_text(json.dumps(result))
@@ -78,3 +78,16 @@ def test_cli_without_results_says_so(tmp_path):
     done = subprocess.run([sys.executable, "-m", "core", "report", "--solutions", str(tmp_path)], capture_output=True,
                           text=True, env=subprocess_env(), cwd=REPO, timeout=300)
     assert done.returncode == 2 and "no results under" in done.stderr
+
+
+def test_a_kfold_row_counts_the_data_sets_folds_from_its_summary(tmp_path):
+    """kfold's K is the data's (ESC-50: 5), read from summary.json: "3 of 5", not UrbanSound8K's 10."""
+    folder = tmp_path / ROOT / "kfold"
+    fake_results(folder, "kfold", {1: 0.5, 2: 0.6, 3: 0.7})
+    (folder / "summary.json").write_text(json.dumps({"protocol": "kfold", "folds_done": 3, "folds_total": 5}))
+    rows = {(row.solution, row.protocol): row for row in build_report(tmp_path)}
+    row = rows[ROOT, "kfold"]
+    assert (row.folds_done, row.folds_total, row.status) == (3, 5, "partial")
+    assert row.mean == pytest.approx(0.6)  # the held-out test folds' composites
+    assert row.test_composite == pytest.approx(0.8 * 0.5 + 0.2 * (2 / 3) / 2)  # pooled test_fold<k>.csv
+    assert "3 of 5 (partial)" in report_markdown([row])

@@ -107,3 +107,73 @@ def test_labels_with_both_label_columns_are_refused(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     done = run_cli("score", tmp_path / "nope.csv", "--labels", tmp_path / "labels.csv")
     assert done.returncode == 2 and "nope.csv: file not found" in done.stderr
+
+
+# --- another data set's classes (3 here): from the blend's --probs columns or from --data ---------------
+
+NAMES = ("beep", "hum", "whistle")  # the hand example's classes 0, 1, 2
+
+
+def blend_probs_file(path: Path, columns=NAMES) -> Path:
+    """What `blend --probs` writes for a 3-class data set: ID,TARGET and one score column per class."""
+    ids = np.arange(10, 16)
+    scores = np.eye(len(columns))[PREDICTED] * 0.7 + 0.1
+    frame = pd.DataFrame({"ID": ids, "TARGET": PREDICTED, **dict(zip(columns, scores.T, strict=True))})
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_a_blends_probs_file_is_scored_with_the_classes_its_columns_name(files, tmp_path):
+    _, labels = files
+    probs = blend_probs_file(tmp_path / "blend_probs.csv")
+    plot = tmp_path / "confusion.png"
+    done = run_cli("score", probs, "--labels", labels, "--plot", plot)
+    assert done.returncode == 0, done.stderr
+    assert f"composite {COMPOSITE:.4f}" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if any(f"{index} {name}" in line
+                                                             for index, name in enumerate(NAMES))]
+    assert len(rows) == 3 and "car_horn" not in done.stdout and "air_conditioner" not in done.stdout
+    assert "0.6667" in rows[1] and "1.0000" in rows[1]  # hum: precision 2/3, recall 1
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_gives_the_classes_of_a_plain_submission_and_bounds_target(files, tmp_path):
+    from test_own_data import write_csv_set
+
+    submission, labels = files
+    data = write_csv_set(tmp_path / "data", dict.fromkeys(("whistle", "hum", "beep"), 440.0), clips_per_fold=1,
+                         folds=3)
+    done = run_cli("score", submission, "--labels", labels, "--data", data)
+    assert done.returncode == 0, done.stderr
+    assert all(f"{index} {name}" in done.stdout for index, name in enumerate(NAMES))  # natural order of the labels
+    assert "car_horn" not in done.stdout and f"composite {COMPOSITE:.4f}" in done.stdout
+
+    three = tmp_path / "three.csv"
+    pd.DataFrame({"ID": np.arange(10, 16), "TARGET": [0, 1, 2, 3, 2, 0]}).to_csv(three, index=False)
+    done = run_cli("score", three, "--labels", labels, "--data", data)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "column TARGET must be an integer in 0..2" in done.stderr and "line 5 (ID 13): TARGET = 3" in done.stderr
+
+    other = blend_probs_file(tmp_path / "other_probs.csv", columns=("bark", "hum", "whistle"))
+    done = run_cli("score", other, "--labels", labels, "--data", data)
+    assert done.returncode == 2 and "its class columns (bark, hum, whistle) are not the classes of --data" in done.stderr
+
+
+def test_fifty_classes_without_their_names_are_refused_with_what_to_pass(tmp_path):
+    """An ESC-50 submission (TARGET up to 49) is never scored as UrbanSound8K's ten: the error says how to name them."""
+    submission = tmp_path / "esc50_submission.csv"
+    pd.DataFrame({"ID": [0, 1, 2], "TARGET": [3, 49, 12]}).to_csv(submission, index=False)
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"ID": [0, 1, 2], "TARGET": [3, 49, 40]}).to_csv(labels, index=False)
+    done = run_cli("score", submission, "--labels", labels, "--json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "TARGET = 49" in done.stderr and "pass --data DIR" in done.stderr and "--probs" in done.stderr
+    names = tuple(f"class{index:02d}" for index in range(50))
+    probs = tmp_path / "blend_probs.csv"
+    pd.DataFrame({"ID": [0, 1, 2], "TARGET": [3, 49, 12],
+                  **{name: np.full(3, 0.02) for name in names}}).to_csv(probs, index=False)
+    done = run_cli("score", probs, "--labels", labels, "--json")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)
+    # classes 3 and 49 right (F1 1), 12 and 40 wrong (F1 0): macro-F1 over the classes present is 1/2
+    assert scores["accuracy"] == pytest.approx(2 / 3) and scores["macro_f1"] == pytest.approx(1 / 2)

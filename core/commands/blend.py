@@ -86,22 +86,32 @@ def member_table(result: BlendResult) -> Table:
 
 
 def score_command(
-    submission: Path = typer.Argument(..., help="Submission CSV (ID,TARGET)."),
+    submission: Path = typer.Argument(..., help="Submission CSV (ID,TARGET), or a blend's --probs file (ID,TARGET "
+                                      "and one column per class)."),
     labels: Path = typer.Option(..., "--labels", help="True labels CSV: ID,TARGET or ID,classID (same IDs)."),
+    data: Path | None = typer.Option(None, help="The data set the submission predicts (any layout train takes): its "
+                                     "classes name the rows [default: the classes the submission's columns name, "
+                                     "else UrbanSound8K's]."),
     as_json: bool = typer.Option(False, "--json", help="Print only {accuracy, macro_f1, composite} as JSON."),
     plot: Path | None = typer.Option(None, "--plot", help="Write the confusion matrix PNG here."),
 ) -> None:
     """Score a submission: accuracy, macro-F1, composite (0.8/0.2), per-class table, confusion matrix."""
-    from core import CLASS_NAMES
     from core.metrics import confusion, per_class_table, score
     from core.predictions import matched_labels, read_labels, read_submission
 
-    y_true, y_pred = matched_labels(read_submission(submission), read_labels(labels))
+    data_classes = None
+    if data is not None:
+        from core.data.metadata import load_source
+
+        data_classes = load_source(data).class_names
+    predicted = read_submission(submission, None if data_classes is None else len(data_classes))
+    class_names = scored_classes(predicted.classes, data_classes, submission, data)
+    y_true, y_pred = matched_labels(predicted, read_labels(labels, len(class_names)))
     scores = score(y_true, y_pred)
     if plot is not None:
         from core.plots import plot_confusion
 
-        plot_confusion(confusion(y_true, y_pred), CLASS_NAMES,
+        plot_confusion(confusion(y_true, y_pred, len(class_names)), class_names,
                        f"{submission.name}: accuracy {scores.accuracy:.4f}, macro-F1 {scores.macro_f1:.4f}, "
                        f"composite {scores.composite:.4f}", plot)
     if as_json:
@@ -110,12 +120,31 @@ def score_command(
     from rich.console import Console
 
     console = Console()
-    console.print(per_class_rich_table(per_class_table(y_true, y_pred), CLASS_NAMES))
+    console.print(per_class_rich_table(per_class_table(y_true, y_pred, len(class_names)), class_names))
     console.print(f"{submission} ({len(y_true)} rows): accuracy {scores.accuracy:.4f}, "
                   f"macro-F1 {scores.macro_f1:.4f}, composite {scores.composite:.4f} (0.8 x accuracy + 0.2 x macro-F1)",
                   soft_wrap=True, highlight=False, markup=False)
     if plot is not None:
         console.print(f"wrote {plot}", highlight=False, markup=False)
+
+
+def scored_classes(columns: tuple[str, ...] | None, data_classes: tuple[str, ...] | None, submission: Path,
+                   data: Path | None) -> tuple[str, ...]:
+    """The class names a submission is scored with: the data set's (--data), which the submission's class
+    columns must then match, else those columns (0..9 are UrbanSound8K's), else UrbanSound8K's."""
+    from core import PROB_COLUMNS
+    from core.errors import UserError
+    from core.folds import URBANSOUND8K_CLASSES
+    from core.predictions import describe_classes, probability_columns
+
+    if data_classes is not None:
+        if columns is not None and list(columns) != probability_columns(data_classes):
+            raise UserError(f"{submission}: its class columns ({describe_classes(columns)}) are not the classes of "
+                            f"--data {data} ({', '.join(data_classes)}); score it against the data set it predicts")
+        return data_classes
+    if columns is None or list(columns) == PROB_COLUMNS:
+        return URBANSOUND8K_CLASSES
+    return columns
 
 
 def per_class_rich_table(per_class: dict, class_names: tuple[str, ...]) -> Table:

@@ -107,15 +107,45 @@ def _check_known_folds(text: str | None, protocol: str | None, data: object) -> 
                                  param_hint="'--folds'") from None
 
 
-def check_train_folds(folds: tuple[int, ...] | None, protocol: str, allowed: tuple[int, ...], data: Path) -> None:
-    """`train --folds` against the folds `protocol` trains on the data just read (before any work starts)."""
+def tune_fold_list(context: typer.Context, value: str | None) -> str | None:
+    """Callback of `tune --folds`: fold numbers >= 1; on the demo set (no --data, if parsed first) within
+    its folds 1-8. Another data set's folds are checked once it is read (check_train_folds)."""
+    if value is not None:
+        fold_numbers(value, None)
+        _check_demo_tune_folds(value, context.params.get("data", _UNPARSED))
+    return value
+
+
+def tune_data(context: typer.Context, value: Path | None) -> Path | None:
+    """Callback of `tune --data`: without it (the demo set), --folds (if parsed first) within the demo's folds."""
+    _check_demo_tune_folds(context.params.get("folds"), value)
+    return value
+
+
+def _check_demo_tune_folds(text: str | None, data: object) -> None:
+    from core.folds import TRAIN_FOLDS, fold_span
+
+    if text is None or data is not None:  # unparsed, or a data set's folds: checked once it is read
+        return
+    try:
+        fold_numbers(text, TRAIN_FOLDS)
+    except typer.BadParameter as error:
+        raise typer.BadParameter(f"{error.message.rstrip('.')}: tune on the demo set validates on folds "
+                                 f"{fold_span(TRAIN_FOLDS)}.", param_hint="'--folds'") from None
+
+
+def check_train_folds(folds: tuple[int, ...] | None, protocol: str, allowed: tuple[int, ...], data: Path,
+                      trains: str | None = None) -> None:
+    """`train --folds` against the folds `protocol` trains on the data just read (before any work starts);
+    `trains` words the folds' role for another command (default: "--protocol P trains")."""
     outside = [fold for fold in folds or () if fold not in allowed]
     if outside:
         from core.errors import UserError
         from core.folds import fold_span
 
         raise UserError(f"--folds {','.join(map(str, folds))}: fold(s) {','.join(map(str, outside))} outside the "
-                        f"folds --protocol {protocol} trains on {data}: {fold_span(allowed) if allowed else 'none'}.")
+                        f"folds {trains or f'--protocol {protocol} trains'} on {data}: "
+                        f"{fold_span(allowed) if allowed else 'none'}.")
 
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")]

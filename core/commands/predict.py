@@ -73,7 +73,13 @@ def predict(
     if skipped:
         console.print(f"{len(skipped)} unreadable clip(s) skipped (--skip-bad-audio), listed in "
                       f"{SolutionFolder(out).skipped_audio}; they are not in the CSVs nor the submission")
-    if test["classID"].notna().all() and len(test):
+    model_classes = models[0].recipe.classes
+    if test["classID"].notna().all() and len(test) and tuple(source.class_names) != tuple(model_classes):
+        # The labels index the data's classes, the predictions the models': comparing them would be noise.
+        console.print(f"not scored: the data's classes ({', '.join(source.class_names)}) are not the models' "
+                      f"({', '.join(model_classes)}); the CSVs hold the models' classes", highlight=False,
+                      markup=False, soft_wrap=True)
+    elif test["classID"].notna().all() and len(test):
         from core.metrics import score
 
         result = score(test["classID"].to_numpy(dtype=int), frame["TARGET"].to_numpy())

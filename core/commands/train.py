@@ -153,12 +153,17 @@ def train(
                           "Demo profile, changed from the recipe:\n  " + "\n  ".join(demo_changes or ["nothing"]))
             data = ensure_demo_data()
         source = load_source(data, allow_fold_leakage=allow_fold_leakage, n_folds=n_folds,
-                             group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds)
+                             group_pattern=group_pattern, folds_file=SolutionFolder(options.out).assigned_folds,
+                             store_folds=False)  # stored by train_solution once every check passed
         from core.folds import protocol_folds
         from core.train.data import protocol_data_folds
 
         check_train_folds(parse_folds(folds), protocol, protocol_folds(protocol, protocol_data_folds(source, protocol)),
                           source.root)
+        if source.layout not in ("kaggle", "official"):  # UrbanSound8K's own layouts: as before
+            from core.train.own_data import describe_data
+
+            console.print(describe_data(source, recipe), highlight=False, markup=False, soft_wrap=True)
         from core.train.solution import train_solution
 
         summary = train_solution(recipe, source, options)

@@ -14,8 +14,9 @@ from core.commands.options import (
     Precision,
     SkipBadAudio,
     Workers,
-    kaggle_fold_list,
     positive,
+    tune_data,
+    tune_fold_list,
     workers_count,
 )
 
@@ -43,9 +44,16 @@ def tune(
     storage: str | None = typer.Option(None, help="Optuna storage URL shared by all workers, e.g. sqlite:///path/optuna.db or postgresql://user:password@host:5432/db (default: sqlite under --out)."),
     study: str | None = typer.Option(None, help="Study name (default: the solution name)."),
     epochs: int = typer.Option(SEARCH_EPOCHS, min=1, help="Epochs per fold in every trial."),
-    folds: str | None = typer.Option(None, callback=kaggle_fold_list, help="Validation folds of every trial, e.g. "
-                                     "1,2, within 1-8 (default: the recipe's)."),
-    data: Path | None = typer.Option(None, help="UrbanSound8K or Kaggle data folder; none: the synthetic demo set."),
+    folds: str | None = typer.Option(None, callback=tune_fold_list, help="Validation folds of every trial, e.g. "
+                                     "1,2, within the data's folds beside its test split (UrbanSound8K: 1-8) "
+                                     "(default: the recipe's that the data has)."),
+    data: Path | None = typer.Option(None, callback=tune_data, help="Data folder (any layout train takes); none: "
+                                     "the synthetic demo set."),
+    n_folds: int | None = typer.Option(None, min=2, max=100, help="Folds to assign to data that gives none, as "
+                                       "for train (the same files, groups and count give train's folds) "
+                                       "[default: 5]."),
+    group_pattern: str | None = typer.Option(None, help="Regex naming each file's recording, as for train, so "
+                                             "that the assigned folds keep a recording's clips together."),
     space: Path | None = typer.Option(None, help="Search-space file (.toml/.json) (default: the reference space)."),
     out: Path | None = typer.Option(None, help="Solution folder for the default storage and the report's plots (default: solutions/<solution>)."),
     seed: int = typer.Option(42, min=0, max=SEED_MAX, help="Sampler seed (trial n draws from seed + n)."),
@@ -79,7 +87,8 @@ def tune(
         raise UserError("give --trials N and/or --timeout SECONDS to bound the search "
                         "(Ctrl-C also stops it cleanly; rerunning continues the study)")
     request = SearchRequest(storage_url, study_name, trials, timeout, epochs, folds, data, space, solution_dir,
-                            seed, device, precision, workers_count(workers), max_clips_per_fold, skip_bad_audio, cache_dir)
+                            seed, device, precision, workers_count(workers), max_clips_per_fold, skip_bad_audio, cache_dir,
+                            n_folds, group_pattern)
     _search(recipe, request, Console(stderr=True))
 
 
@@ -103,6 +112,8 @@ class SearchRequest:
     max_clips_per_fold: int | None
     skip_bad_audio: bool
     cache_dir: Path | None = None
+    n_folds: int | None = None        # fold assignment of data without folds (as train's)
+    group_pattern: str | None = None
 
 
 def _report_and_export(storage_url: str, study_name: str, solution_dir: Path, report: bool, top: int,
@@ -138,7 +149,8 @@ def _search(recipe, request: SearchRequest, console) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the live view replaces optuna's log lines
     space = load_space(request.space) if request.space is not None else REFERENCE_SPACE
-    folds = parse_folds(request.folds) or recipe.training.folds
+    source = _source(recipe, request, console)
+    folds = _trial_folds(recipe, parse_folds(request.folds), source)
     plan = SearchPlan(recipe, space, tuple(folds), request.epochs)
     check_plan(plan)
     settings = {"solution": recipe.name, "epochs": request.epochs, "folds": list(folds),
@@ -149,7 +161,7 @@ def _search(recipe, request: SearchRequest, console) -> None:
         console.print(f"Study {request.study_name!r} already has {counted_trials(study)} trials (target "
                       f"{request.trials}); nothing to run. Raise --trials to continue, or see --report.")
         return
-    prepared, options = _prepare(recipe, request, folds, console)
+    prepared, options = _prepare(recipe, request, folds, source)
     header = (f"Study {request.study_name} ({shown_url(request.storage_url)}): {recipe.name}, "
               f"folds {','.join(map(str, folds))}, {request.epochs} epochs per fold")
     console.print("Search space: " + "; ".join(f"{d.name} {d.describe()}" for d in space), highlight=False)
@@ -161,12 +173,11 @@ def _search(recipe, request: SearchRequest, console) -> None:
                   f"export the best with --export FILE{where}.")
 
 
-def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
-    """Cache the training audio once for every trial of this worker; no test audio, no output files."""
+def _source(recipe, request: SearchRequest, console):
+    """The data to search on (the demo set without --data); a fusion solution on data without salience is
+    refused here, before any caching."""
     from core.data.metadata import load_source
     from core.demo.profile import ensure_demo_data
-    from core.train.data import prepare_data
-    from core.train.options import TrainOptions
     from core.train.own_data import recipe_for_data
 
     data = request.data
@@ -174,13 +185,40 @@ def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], console):
         console.print("[bold]No --data given: searching on the synthetic demo set[/] (data/demo); "
                       "pass --data for a meaningful search.")
         data = ensure_demo_data()
+    source = load_source(data, n_folds=request.n_folds, group_pattern=request.group_pattern)
+    recipe_for_data(recipe, source)
+    return source
+
+
+def _trial_folds(recipe, asked: tuple[int, ...] | None, source) -> tuple[int, ...]:
+    """The folds every trial validates on: `asked` (checked against the data's folds beside its test split, as
+    train --protocol kaggle does), else the recipe's that the data has."""
+    from core.commands.options import check_train_folds
+    from core.errors import UserError
+    from core.folds import fold_span, protocol_folds
+    from core.train.data import protocol_data_folds
+
+    available = protocol_folds("kaggle", protocol_data_folds(source, "kaggle"))
+    if asked is not None:
+        check_train_folds(asked, "kaggle", available, source.root, trains="tune validates")
+        return asked
+    folds = tuple(fold for fold in recipe.training.folds if fold in available)
+    if not folds:
+        raise UserError(f"none of {recipe.name}'s folds {fold_span(recipe.training.folds)} is among the folds of "
+                        f"{source.root} ({fold_span(available) if available else 'none'}); pass --folds")
+    return folds
+
+
+def _prepare(recipe, request: SearchRequest, folds: tuple[int, ...], source):
+    """Cache the training audio once for every trial of this worker; no test audio, no output files."""
+    from core.train.data import prepare_data
+    from core.train.options import TrainOptions
+
     options = TrainOptions(out=request.solution_dir, folds=tuple(folds), device=request.device,
                            precision=request.precision, workers=request.workers,
                            skip_bad_audio=request.skip_bad_audio, progress=False, write_outputs=False,
                            max_clips_per_fold=request.max_clips_per_fold, max_test_clips=0,
                            cache_dir=request.cache_dir)
-    source = load_source(data)
-    recipe_for_data(recipe, source)  # a fusion solution on data without salience is refused before any caching
     return prepare_data(recipe, source, options), options
 
 

@@ -81,21 +81,37 @@ def groups_from_pattern(files: pd.Series, pattern: str, problems: list[str]) -> 
 
 
 def stored_or_assigned_folds(files: pd.Series, labels: pd.Series, groups: pd.Series, n_folds: int | None,
-                             folds_file: Path | None) -> np.ndarray:
+                             folds_file: Path | None, store: bool = True) -> tuple[np.ndarray, pd.DataFrame | None]:
     """The folds of `files` (unique relative names): from `folds_file` if it exists and still matches, else assigned.
 
-    `groups`: <NA> where unknown (the clip is its own group). A new assignment is written to `folds_file`
-    (atomically) when one is given. `n_folds` None means DEFAULT_N_FOLDS for a new assignment and the
-    stored count otherwise. Raises MetadataError when the stored folds no longer match the data.
+    `groups`: <NA> where unknown (the clip is its own group). Returns the folds and, for a new
+    assignment, its table (file,group,fold), which is written to `folds_file` (atomically) when one is
+    given and `store`; else the caller stores it later with `store_folds` (once its other checks passed).
+    `n_folds` None means DEFAULT_N_FOLDS for a new assignment and the stored count otherwise. Raises
+    MetadataError when the stored folds no longer match the data.
     """
     known_groups = groups.where(groups.notna(), "file:" + files.astype(str)).astype(str)
     if folds_file is not None and Path(folds_file).is_file():
-        return _stored_folds(files, known_groups, n_folds, Path(folds_file))
+        return _stored_folds(files, known_groups, n_folds, Path(folds_file)), None
     folds = assign_folds(labels.to_numpy(), known_groups.to_list(), n_folds or DEFAULT_N_FOLDS)
-    if folds_file is not None:
-        write_csv(pd.DataFrame({"file": files.to_numpy(), "group": known_groups.to_numpy(), "fold": folds}),
-                  folds_file)
-    return folds
+    table = pd.DataFrame({"file": files.to_numpy(), "group": known_groups.to_numpy(), "fold": folds})
+    if folds_file is not None and store:
+        store_folds(table, folds_file)
+    return folds, table
+
+
+def store_folds(table: pd.DataFrame, folds_file: Path) -> None:
+    """Write a new assignment (file,group,fold) to `folds_file` atomically; one stored there already must be it."""
+    folds_file = Path(folds_file)
+    if not folds_file.is_file():
+        write_csv(table[FOLDS_COLUMNS], folds_file)
+        return
+    stored = _stored_folds(table["file"], table["group"].astype(str), None, folds_file)
+    moved = table["file"][stored != table["fold"].to_numpy()].tolist()
+    if moved:
+        raise MetadataError(f"{folds_file} holds other folds than this run's assignment; read the data with that "
+                            "file (train does), or delete it to keep the new folds:",
+                            [f"{len(moved)} file(s) in another fold (first: {', '.join(moved[:SHOWN_FILES])})"])
 
 
 def _stored_folds(files: pd.Series, groups: pd.Series, n_folds: int | None, folds_file: Path) -> np.ndarray:

@@ -78,6 +78,7 @@ class DataSource:
     has_salience: bool = True                   # every labelled clip has a salience annotation
     groups: pd.Series | None = None             # path -> recording/group of each clip (<NA>: unknown)
     folds_assigned: bool = False                # folds came from fold_assignment (the layout gives none)
+    unstored_folds: pd.DataFrame | None = None  # a new assignment not yet in a folds file (file,group,fold)
 
     @property
     def num_classes(self) -> int:
@@ -141,7 +142,8 @@ class FoldLeakageError(UserError):
 
 
 def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | None = None,
-                group_pattern: str | None = None, folds_file: Path | None = None) -> DataSource:
+                group_pattern: str | None = None, folds_file: Path | None = None,
+                store_folds: bool = True) -> DataSource:
     """Detect the layout of `root`, validate all metadata and audio paths, and return the tables.
 
     Raises MetadataError listing every problem (missing columns, unknown classes, salience not 1 or
@@ -149,13 +151,15 @@ def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | 
     starts, then FoldLeakageError if one recording spans folds (unless `allow_fold_leakage`).
     For a layout without folds (class folders, a CSV without a fold column) the folds come from
     `folds_file` when it holds a matching assignment, else are assigned (`n_folds`, default 5) and
-    written there (fold_assignment.py). `group_pattern`: a regex whose first group (or match) in each
-    file name names its recording, for layouts that do not name recordings themselves.
+    written there (fold_assignment.py); with `store_folds` False (or no `folds_file`) a new assignment
+    is kept in `unstored_folds` for the caller to store once its own checks pass. `group_pattern`: a
+    regex whose first group (or match) in each file name names its recording, for layouts that do not
+    name recordings themselves.
     """
     root = Path(root).resolve()
     layout = detect_layout(root)
     if layout in OWN_READERS:
-        return _load_own(root, layout, allow_fold_leakage, n_folds, group_pattern, folds_file)
+        return _load_own(root, layout, allow_fold_leakage, n_folds, group_pattern, folds_file, store_folds)
     if n_folds is not None or group_pattern is not None:
         raise UserError(f"{root} is in the {LAYOUT_NAMES[layout]} UrbanSound8K layout, whose folds and recordings "
                         "(fsID) are given; --n-folds and --group-pattern apply to data without them")
@@ -179,7 +183,7 @@ def load_source(root: Path, allow_fold_leakage: bool = False, *, n_folds: int | 
 
 
 def _load_own(root: Path, layout: str, allow_fold_leakage: bool, n_folds: int | None, group_pattern: str | None,
-              folds_file: Path | None) -> DataSource:
+              folds_file: Path | None, store_folds: bool = True) -> DataSource:
     """ESC-50, generic CSV or class folders: validate, take or assign the folds, guard against leakage."""
     problems: list[str] = []
     tables: LayoutTables = OWN_READERS[layout](root, problems)
@@ -195,9 +199,12 @@ def _load_own(root: Path, layout: str, allow_fold_leakage: bool, n_folds: int | 
                         f"({GENERIC_CSV} column fold or {ESC50_CSV}); drop --n-folds or the fold column")
     if problems:
         raise MetadataError(f"the data in {root} has {len(problems)} problem(s); nothing was done:", problems)
+    unstored = None
     if not tables.folds_given:
-        labelled = labelled.assign(fold=stored_or_assigned_folds(
-            labelled["slice_file_name"], labelled["classID"], labelled["group"], n_folds, folds_file))
+        folds, unstored = stored_or_assigned_folds(labelled["slice_file_name"], labelled["classID"],
+                                                   labelled["group"], n_folds, folds_file, store_folds)
+        labelled = labelled.assign(fold=folds)
+        unstored = unstored if folds_file is None or not store_folds else None
     labelled = labelled.astype({"fold": np.int64})
     leakage = fold_leakage(labelled.rename(columns={"group": "recording"}),
                            test.rename(columns={"group": "recording"}), per_class=False)
@@ -210,7 +217,8 @@ def _load_own(root: Path, layout: str, allow_fold_leakage: bool, n_folds: int | 
     return DataSource(root=root, layout=layout, train=train, test=test[TEST_COLUMNS], all_folds=None,
                       fold_leakage=leakage, class_names=tables.class_names,
                       folds=tuple(sorted(set(train["fold"].tolist()))), test_folds=(),
-                      has_salience=tables.has_salience, groups=groups, folds_assigned=not tables.folds_given)
+                      has_salience=tables.has_salience, groups=groups, folds_assigned=not tables.folds_given,
+                      unstored_folds=unstored)
 
 
 def _checked_leakage(root: Path, leakage: str | None, allow_fold_leakage: bool) -> str | None:

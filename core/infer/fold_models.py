@@ -34,6 +34,10 @@ def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
     """Every best_model_fold<k>.pt of a solution (or those of `folds`), each rebuilt from its own recipe."""
     folder = SolutionFolder(solution_dir)
     found = {fold: folder.best_model(fold) for fold in folder.folds_with("best_model")}
+    if not found:  # trained only under a held-out protocol (kfold: the own-data protocol): its folder's models
+        solution_dir = _held_out_folder(Path(solution_dir)) or solution_dir
+        folder = SolutionFolder(solution_dir)
+        found = {fold: folder.best_model(fold) for fold in folder.folds_with("best_model")}
     if not found:
         raise UserError(f"no checkpoints best_model_fold<k>.pt in {solution_dir}; train {solution} first "
                         f"(./run.sh {solution} --data DIR), or pass --solutions the folder that holds {solution}/")
@@ -56,3 +60,18 @@ def load_fold_models(solution_dir: Path, solution: str, runtime: Runtime,
         raise UserError(f"the checkpoints in {solution_dir} predict different classes (trained on other data sets); "
                         "retrain them on one data set")
     return models
+
+
+def _held_out_folder(solution_dir: Path) -> Path | None:
+    """The one held-out protocol folder (us8k-10fold, kfold) of `solution_dir` with checkpoints; several are
+    refused (which one is meant is the user's choice), none gives None."""
+    from core.folds import HELD_OUT_PROTOCOLS
+
+    folders = [SolutionFolder.of(solution_dir.parent, solution_dir.name, protocol).root
+               for protocol in HELD_OUT_PROTOCOLS]
+    trained = [path for path in folders if path.is_dir() and SolutionFolder(path).folds_with("best_model")]
+    if len(trained) > 1:
+        raise UserError(f"no checkpoints in {solution_dir} itself, and fold models under several protocols: "
+                        f"{', '.join(map(str, trained))}; pass --solutions a folder holding the one you mean "
+                        f"(e.g. a copy or link of it named {solution_dir.name}/)")
+    return trained[0] if trained else None

@@ -113,11 +113,12 @@ def onnx_predictor(path: Path) -> ModelSpec:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:
         raise UserError(f"--onnx {path}: not a model onnxruntime can load ({type(error).__name__})") from error
-    if "sample_rate" not in metadata or "num_samples" not in metadata:
-        raise UserError(f"--onnx {path}: no sample_rate/num_samples metadata; export it with `python -m core export`")
+    if "sample_rate" not in metadata or "num_samples" not in metadata or "class_names" not in metadata:
+        raise UserError(f"--onnx {path}: no sample_rate/num_samples/class_names metadata; export it with "
+                        "`python -m core export`")
     import json
 
-    class_names = tuple(json.loads(metadata["class_names"])) if "class_names" in metadata else URBANSOUND8K_CLASSES
+    class_names = tuple(json.loads(metadata["class_names"]))  # every export writes them: never a guess
     inputs = [item.name for item in session.get_inputs()]
     uses_salience = "salience" in inputs
 

@@ -30,3 +30,15 @@ def solutions_without_salience() -> list[str]:
     from core import registry
 
     return [name for name in registry.names() if not registry.get(name).fusion.uses_salience]
+
+
+def describe_data(source: DataSource, recipe: Recipe) -> str:
+    """One line on what the data is and how the recipe meets it, for a layout other than UrbanSound8K's, e.g.
+    'ESC-50 data: 50 classes, folds 1-5, no salience; native rates 44100 Hz: 2000 clips -> the recipe's 32000 Hz,
+    5 s clips'."""
+    from core.folds import fold_span
+
+    folds = fold_span(source.folds) + (" (assigned)" if source.folds_assigned else "")
+    return (f"{LAYOUT_NAMES[source.layout]} data: {source.num_classes} classes, folds {folds}, "
+            f"{'salience' if source.has_salience else 'no salience'}; native rates {source.sample_rates.describe()} "
+            f"-> the recipe's {recipe.frontend.sample_rate} Hz, {recipe.frontend.clip_seconds:g} s clips")

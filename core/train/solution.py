@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from core.atomic import TEMP_SUFFIX, check_writable, write_csv, write_json
+from core.data.fold_assignment import store_folds
 from core.data.metadata import DataSource
 from core.errors import UserError
 from core.folds import HELD_OUT_PROTOCOLS, fold_roles, protocol_folds
@@ -64,17 +65,19 @@ def train_solution(recipe: Recipe, source: DataSource, options: TrainOptions,
     out = Path(options.out)
     folder = SolutionFolder(out)
     main = distributed.current().is_main
-    if main:
-        check_writable(out)
-        if options.write_outputs:
-            check_writable(options.submissions)
-    progress = progress or (TrainProgress(options.progress) if main else quiet_progress())
     check_protocol(source, options.protocol)
     data_folds = protocol_data_folds(source, options.protocol)
     folds = options.folds or (tuple(f for f in recipe.training.folds if f in protocol_folds("kaggle", data_folds))
                               if options.protocol == "kaggle" else protocol_folds(options.protocol, data_folds))
-    for fold in folds:  # an impossible fold is refused before any audio is cached
+    for fold in folds:  # an impossible fold is refused before any audio is cached or any file written
         fold_roles(options.protocol, fold, data_folds)
+    if main:
+        check_writable(out)
+        if options.write_outputs:
+            check_writable(options.submissions)
+        if source.unstored_folds is not None:  # folds assigned by this run: every later run reads them back
+            store_folds(source.unstored_folds, folder.assigned_folds)
+    progress = progress or (TrainProgress(options.progress) if main else quiet_progress())
     with fold_locks(out, folds), progress.running():
         data = prepare_data(recipe, source, options)
         progress.start("folds", len(folds), "folds")
