@@ -481,3 +481,18 @@ def test_accumulate_trains_and_is_part_of_the_run_identity(source, tmp_path):
         train_fold(recipe, data, 1, dataclasses.replace(options, accumulate=1, epochs=2))
     with pytest.raises(UserError, match="--accumulate 9 exceeds the batch of 8 clips"):
         train_fold(recipe, data, 1, dataclasses.replace(options, accumulate=9))
+
+
+def test_the_trainer_keeps_one_training_loader_for_the_fold_re_seeded_each_epoch(source, tmp_path):
+    """#18 point 3: one DataLoader per fold (its persistent workers then serve every epoch), each epoch's
+    batches those a fresh loader draws from the epoch seed (what a resumed run builds)."""
+    recipe = shrunk("resnet34_pcen_sam_8fold")
+    trainer = ready_trainer(recipe, source, tmp_path)
+    seeds = [epoch_seed(trainer.settings.seed, 1, epoch) for epoch in (1, 2)]
+    loaders = [trainer.epoch_loader(seed) for seed in seeds]
+    assert loaders[0] is loaders[1] is trainer.loader
+    epoch_two = [labels.tolist() for _, labels, _ in trainer.epoch_loader(seeds[1])]
+    fresh = train_batches(trainer.data, trainer.train_rows, recipe, trainer.settings.batch_size, trainer.runtime,
+                          trainer.options, seeds[1], None)
+    assert epoch_two == [labels.tolist() for _, labels, _ in fresh]
+    assert epoch_two != [labels.tolist() for _, labels, _ in trainer.epoch_loader(seeds[0])]

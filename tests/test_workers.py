@@ -63,3 +63,95 @@ def test_the_trainers_loader_on_cuda_is_fed_by_pinned_persistent_prefetching_wor
     assert on_cuda.dataset.transform is None  # the step augments on the GPU (core/train/device_augment.py)
     on_cpu = train_batches(prepared, rows, recipe, 4, Runtime(torch.device("cpu"), "fp32", False), options, 1, None)
     assert on_cpu.num_workers == 0 and not on_cpu.pin_memory and on_cpu.dataset.transform is not None
+
+
+# ------------------------------------------------------------------ the fold's one loader (#18 point 3)
+
+def test_the_epoch_loader_draws_make_loaders_order_for_each_seed_and_shards_like_it():
+    """Same clips in the same batches as make_loader (hence as ResidentBatches), alone and per rank."""
+    from core.runtime import Replicas
+    from core.train.data import make_epoch_loader, set_epoch_seed
+
+    positions = _Positions(23)
+    for replicas in (None, Replicas(rank=1, local_rank=1, world_size=3)):
+        epoch_loader = make_epoch_loader(positions, 4, drop_last=True, workers=0, seed=5, pin_memory=False,
+                                         replicas=replicas)
+        for seed in (5, 6, 5):
+            set_epoch_seed(epoch_loader, seed)
+            reference = make_loader(positions, 4, shuffle=True, drop_last=True, workers=0, seed=seed, pin_memory=False,
+                                    replicas=replicas)
+            assert [batch[0].tolist() for batch in epoch_loader] == [batch.tolist() for batch in reference]
+
+
+def test_item_seeds_differ_across_ranks_and_places():
+    from core.runtime import Replicas
+    from core.train.data import EpochSampler
+
+    ranks = [list(EpochSampler(10, 3, Replicas(rank=rank, local_rank=rank, world_size=2))) for rank in (0, 1)]
+    seeds = [seed for pairs in ranks for _, seed in pairs]
+    assert len(set(seeds)) == len(seeds) == 10
+    assert list(EpochSampler(10, 3)) == list(EpochSampler(10, 3))  # from the seed alone
+    assert [seed for _, seed in EpochSampler(10, 3)] != [seed for _, seed in EpochSampler(10, 4)]
+
+
+def _epoch_batches(loader, seed: int) -> list[tuple]:
+    from core.train.data import set_epoch_seed
+
+    set_epoch_seed(loader, seed)
+    return [tuple(part.clone() for part in batch) for batch in loader]
+
+
+def _same(batches, others) -> bool:
+    return len(batches) == len(others) and all(
+        all(torch.equal(part, other) for part, other in zip(batch, other_batch, strict=True))
+        for batch, other_batch in zip(batches, others, strict=True))
+
+
+def test_one_loader_serves_every_epoch_with_the_same_batches_whatever_the_workers(tiny_data, tmp_path):
+    """Workers 0 and 2 give identical augmented epochs from one loader; a fresh loader replays an epoch
+    (resume); the workers are started once and serve both epochs."""
+    from test_speed_equivalence import fold_options, tiny_recipe
+
+    from core.data.metadata import load_source
+    from core.runtime import Runtime
+    from core.train.data import WaveformDataset, make_epoch_loader, prepare_data
+    from core.train.fold import train_batches
+
+    recipe = tiny_recipe(augment=dict(wave_prob=0.7, noise_max=0.05, gain_min=0.5, gain_max=1.5))
+    options = fold_options(tmp_path, tmp_path / "cache")
+    prepared = prepare_data(recipe, load_source(tiny_data), options)
+    rows = prepared.fold_rows(1)[0]
+    runtime = Runtime(torch.device("cpu"), "fp32", False)
+
+    def loader(workers: int):
+        return train_batches(prepared, rows, recipe, 4, runtime, options, 11, None, workers=workers)
+
+    in_process, with_workers = loader(0), loader(2)
+    assert with_workers.dataset.transform is not None
+    epochs = [_epoch_batches(in_process, seed) for seed in (11, 12)]
+    first = _epoch_batches(with_workers, 11)
+    worker_pids = [worker.pid for worker in with_workers._iterator._workers]
+    second = _epoch_batches(with_workers, 12)
+    assert [worker.pid for worker in with_workers._iterator._workers] == worker_pids  # not restarted
+    assert all(worker.is_alive() for worker in with_workers._iterator._workers)
+    assert _same(first, epochs[0]) and _same(second, epochs[1])
+    assert not _same(epochs[0], epochs[1])
+    raw = make_epoch_loader(WaveformDataset(prepared.train, rows), 4, drop_last=True, workers=0, seed=11,
+                            pin_memory=False)
+    raw_first = next(iter(raw))
+    assert torch.equal(raw_first[1], epochs[0][0][1])  # the same clips ...
+    assert not torch.equal(raw_first[0], epochs[0][0][0])  # ... augmented: the batches compared are not raw clips
+    assert _same(_epoch_batches(loader(0), 12), epochs[1])  # a resumed epoch 2 from a fresh loader
+
+
+class _Positions(torch.utils.data.Dataset):
+    """0..n-1 as a dataset; an EpochSampler's loader hands it (position, item seed) pairs, batched as two tensors."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, item):
+        return item

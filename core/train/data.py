@@ -2,18 +2,23 @@
 
 Two ways to batch a split, with the same clips in the same batches for the same seed:
 - `make_loader`: a DataLoader over the float16 memmap (workers, waveform augmentation, pinned memory);
+  `make_epoch_loader` is its training form, built once per fold and re-seeded each epoch (`set_epoch_seed`),
+  so that its workers persist across epochs;
 - `ResidentBatches` (--device-cache): the split held on the device as one tensor, batches gathered
   by index there, in the order of an identically seeded DataLoader over row positions.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.atomic import write_csv
 from core.data.cache import load_waveforms
@@ -220,14 +225,33 @@ class WaveformDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, item: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        """Item `item`, or (position, item seed) from an EpochSampler: the clip's augmentation then comes
+        from its item seed alone, whichever process (worker or not) and how many workers load it."""
+        item, item_seed = item if isinstance(item, tuple) else (item, None)
         row = self.rows[item]
         # Copy the float16 row out of the read-only memmap, then let torch widen it: its vectorised
         # cast is ~3x numpy's astype here (benchmarks/input.py). Exact either way.
         waveform = torch.from_numpy(np.array(self.waveforms[row])).float()
         if self.transform is not None:
-            waveform = torch.from_numpy(self.transform(samples=waveform.numpy(), sample_rate=self.sample_rate))
+            rngs = contextlib.nullcontext() if item_seed is None else _seeded_global_rngs(item_seed)
+            with rngs:
+                waveform = torch.from_numpy(self.transform(samples=waveform.numpy(), sample_rate=self.sample_rate))
         return waveform, int(self.labels[row]), int(self.salience[row])
+
+
+@contextlib.contextmanager
+def _seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Python's and numpy's global RNGs (audiomentations draws from both) seeded with `seed`, and put back
+    after: with --workers 0 the training process's own streams are left as they were."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def build_waveform_augmentation(augment: Augment):
@@ -283,6 +307,70 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, drop_last: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=workers, pin_memory=pin_memory, generator=generator,
                       worker_init_fn=_seed_worker, **_worker_settings(workers))
+
+
+class EpochSampler(Sampler):
+    """Training order of one epoch, re-drawn from the seed `set_epoch_seed` gives, as (position, item seed) pairs.
+
+    The order is exactly make_loader's for that seed (so ResidentBatches, which takes make_loader's,
+    yields the same clips in the same batches): a shuffled DataLoader draws its workers' base seed from
+    the generator, then the permutation; with `replicas` of more than one process, DistributedSampler's
+    padded shard of the epoch. Each clip's item seed is drawn from the epoch seed by its place in the
+    (whole, padded) epoch, so its augmentation depends on neither the worker count nor the worker.
+    """
+
+    def __init__(self, count: int, seed: int, replicas: Replicas | None = None) -> None:
+        self.count, self.seed = count, seed
+        self.replicas = replicas if replicas is not None and replicas.enabled else None
+
+    def set_epoch_seed(self, seed: int) -> None:
+        """Draw the next pass from `seed` (the epoch seed): the loader and its workers stay as they are."""
+        self.seed = seed
+
+    def __len__(self) -> int:
+        if self.replicas is None:
+            return self.count
+        return -(-self.count // self.replicas.world_size)  # DistributedSampler's num_samples (drop_last=False)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.replicas is None:
+            generator = torch.Generator().manual_seed(self.seed)
+            torch.empty((), dtype=torch.int64).random_(generator=generator)  # the DataLoader's base-seed draw
+            order = torch.randperm(self.count, generator=generator).tolist()
+            seeds = _item_seeds(self.seed, len(order))
+            return iter(zip(order, seeds, strict=True))
+        from torch.utils.data.distributed import DistributedSampler
+
+        world, rank = self.replicas.world_size, self.replicas.rank
+        sampler = DistributedSampler(range(self.count), num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                     drop_last=False)
+        seeds = _item_seeds(self.seed, len(sampler) * world)[rank::world]  # by place in the padded epoch
+        return iter(zip(list(sampler), seeds, strict=True))
+
+
+def _item_seeds(seed: int, count: int) -> list[int]:
+    """`count` seeds for the clips of the epoch drawn from `seed`, one per place in the epoch."""
+    return np.random.default_rng([seed, 0x5EED]).integers(0, 2 ** 32, size=count).tolist()
+
+
+def make_epoch_loader(dataset: Dataset, batch_size: int, *, drop_last: bool, workers: int, seed: int,
+                      pin_memory: bool, replicas: Replicas | None = None) -> DataLoader:
+    """The training DataLoader of a fold: the batches of make_loader(shuffle=True) for `seed`, and for
+    each later epoch's seed after `set_epoch_seed(loader, seed)`, from the same loader, whose workers
+    (persistent) then live for the whole fold. Waveform augmentation is seeded per clip (EpochSampler),
+    so the batches are the same with any number of workers, and a resumed epoch replays exactly.
+    """
+    sampler = EpochSampler(len(dataset), seed, replicas)
+    drop_last = drop_last and len(sampler) > batch_size  # tiny sets still yield a batch
+    # Its own generator: the loader's base-seed draw must not consume torch's global RNG (dropout draws from it).
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
+                      pin_memory=pin_memory, generator=generator, **_worker_settings(workers))
+
+
+def set_epoch_seed(loader: DataLoader, seed: int) -> None:
+    """Point a make_epoch_loader loader at the epoch drawn from `seed` (before iterating it)."""
+    loader.sampler.set_epoch_seed(seed)
 
 
 def _worker_settings(workers: int) -> dict:

@@ -38,6 +38,7 @@ from core.train.data import (
     ResidentSplit,
     Split,
     WaveformDataset,
+    make_epoch_loader,
     make_loader,
     resolve_workers,
     worker_augment,
@@ -105,7 +106,8 @@ def compile_backbone(model: torch.nn.Module, backend: str = "inductor") -> None:
 def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_size: int, runtime: Runtime,
                   options: TrainOptions, seed: int, resident: ResidentSplit | None,
                   workers: int | None = None) -> DataLoader | ResidentBatches:
-    """The shuffled training batches of one epoch: from the device cache if given, else a DataLoader.
+    """The shuffled training batches of the epoch drawn from `seed`: from the device cache if given, else
+    a DataLoader (make_epoch_loader) that later epochs reuse after `set_epoch_seed`, keeping its workers.
 
     Both paths draw the same order from `seed` (and shard it the same way under torchrun).
     """
@@ -116,10 +118,9 @@ def train_batches(data: PreparedData, rows: np.ndarray, recipe: Recipe, batch_si
                                replicas=replicas)
     augment = worker_augment(recipe.augment, runtime.device, options)  # None where the step augments on the device
     dataset = WaveformDataset(data.train, rows, augment, recipe.frontend.sample_rate)
-    return make_loader(dataset, batch_size, shuffle=True, drop_last=drop_last,
-                       workers=resolve_workers(options.workers, runtime.device) if workers is None else workers,
-                       seed=seed,
-                       pin_memory=runtime.device.type == "cuda", replicas=replicas)
+    return make_epoch_loader(dataset, batch_size, drop_last=drop_last,
+                             workers=resolve_workers(options.workers, runtime.device) if workers is None else workers,
+                             seed=seed, pin_memory=runtime.device.type == "cuda", replicas=replicas)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.nn.utils import clip_grad_norm_
+from torch.utils.data import DataLoader
 
 from core import atomic
 from core.atomic import write_csv
@@ -50,7 +51,14 @@ from core.recipe import Recipe
 from core.runtime import Runtime
 from core.solution_folder import SolutionFolder
 from core.train import checkpoint, distributed, init_from
-from core.train.data import PreparedData, ResidentSplit, check_device_cache_allowed, make_resident
+from core.train.data import (
+    PreparedData,
+    ResidentBatches,
+    ResidentSplit,
+    check_device_cache_allowed,
+    make_resident,
+    set_epoch_seed,
+)
 from core.train.device_augment import epoch_augmenter, runs_on_device
 from core.train.fold import (
     EpochRecord,
@@ -319,6 +327,7 @@ class FoldTrainer:
         self.train_rows, self.val_rows = data.fold_rows(fold)
         self.folder = SolutionFolder(self.settings.out)
         self.resident: ResidentSplit | None = None
+        self.loader: DataLoader | None = None  # the training DataLoader, built at the first epoch, kept for the fold
         self.parts: TrainingParts | None = None
         self.train_model: torch.nn.Module | None = None
         self.guard: SkipGuard | None = None
@@ -343,8 +352,7 @@ class FoldTrainer:
 
     def epoch_batches(self, seed: int) -> Iterator[Batch]:
         """The shuffled training batches of the epoch drawn from `seed`, moved to the device."""
-        loader = train_batches(self.data, self.train_rows, self.recipe, self.settings.batch_size, self.runtime,
-                               self.options, seed, self.resident)
+        loader = self.epoch_loader(seed)
         device = self.runtime.device
         # Waveform noise and gain on the device (CUDA), where the workers then skip them (core/train/device_augment.py).
         augment = epoch_augmenter(self.recipe.augment, device, self.options, seed, distributed.current().rank)
@@ -353,6 +361,18 @@ class FoldTrainer:
             waveforms = waveforms.to(device, non_blocking=True)
             yield Batch(waveforms if augment is None else augment(waveforms), labels.to(device, non_blocking=True),
                         salience.to(device, non_blocking=True))
+
+    def epoch_loader(self, seed: int) -> DataLoader | ResidentBatches:
+        """The batches of the epoch drawn from `seed`: the fold's one DataLoader, re-seeded, so its workers
+        persist across epochs (the device cache's batches are index tensors on the device, built anew)."""
+        if self.resident is not None:
+            return train_batches(self.data, self.train_rows, self.recipe, self.settings.batch_size, self.runtime,
+                                 self.options, seed, self.resident)
+        if self.loader is None:
+            self.loader = train_batches(self.data, self.train_rows, self.recipe, self.settings.batch_size,
+                                        self.runtime, self.options, seed, None)
+        set_epoch_seed(self.loader, seed)
+        return self.loader
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor, mix: Mix | None) -> torch.Tensor:
         """The objective of one forward pass, a mean over its clips: what a solution overrides.
@@ -402,18 +422,21 @@ class FoldTrainer:
                          f"{state.best_epoch})")
         progress.start("epochs", settings.epochs, f"fold {fold} epochs")
         progress.advance("epochs", completed=state.epoch)
-        for epoch in range(state.epoch + 1, settings.epochs + 1):
-            try:
-                record = self.run_epoch(epoch, state)
-            except torch.OutOfMemoryError:
-                raise self.out_of_memory(epoch, state.epoch) from None  # the resume state still holds state.epoch
-            if settings.writes:  # the best candidate (staged) -> history -> resume state -> the best published
-                write_csv(pd.DataFrame(state.history), self.folder.history(fold))
-                state.save(self.folder.resume(fold), self.recipe.name, identity, self)
-                if record.best:
-                    atomic.publish(self.folder.staged_best(fold), self.folder.best_model(fold))
-            if on_epoch is not None:
-                on_epoch(record)
+        try:
+            for epoch in range(state.epoch + 1, settings.epochs + 1):
+                try:
+                    record = self.run_epoch(epoch, state)
+                except torch.OutOfMemoryError:
+                    raise self.out_of_memory(epoch, state.epoch) from None  # the resume state still holds state.epoch
+                if settings.writes:  # the best candidate (staged) -> history -> resume state -> the best published
+                    write_csv(pd.DataFrame(state.history), self.folder.history(fold))
+                    state.save(self.folder.resume(fold), self.recipe.name, identity, self)
+                    if record.best:
+                        atomic.publish(self.folder.staged_best(fold), self.folder.best_model(fold))
+                if on_epoch is not None:
+                    on_epoch(record)
+        finally:
+            self.loader = None  # its persistent workers end with the fold
         best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
         best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
         return FoldResult(fold, state.best_epoch, best, state.history, identity)
