@@ -296,8 +296,8 @@ def main() -> None:
           f"x {recipe.training.epochs}-epoch recipe projected at {hours:.2f} h")
     print("RESULT " + json.dumps({
         "name": "epoch", "solution": recipe.name, "device": where, "torch": torch.__version__, "batch": batch,
-        "ratio": round(ratio, 2), "target": TARGET_RATIO, "projected_hours": round(hours, 3),
-        "clips_per_s": {arm.name: round(arm.clips_per_s, 2) for arm in arms},
+        "ratio": round(ratio, 3), "target": TARGET_RATIO, "projected_hours": round(hours, 3),
+        "clips_per_s": {arm.name: float(f"{arm.clips_per_s:.4g}") for arm in arms},  # 4 digits: CPU rates are < 1
         "peak_gib": {arm.name: arm.peak_memory_gib for arm in arms}, "quick": args.quick,
         "data_wait": {arm.name: round(arm.data_wait, 4) for arm in arms + wait_arms}, "auto_workers": auto_workers,
         "pass": ratio >= TARGET_RATIO and (recipe.name != "resnet34_pcen_sam_8fold" or hours < TARGET_HOURS)}))
