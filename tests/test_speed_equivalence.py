@@ -270,7 +270,10 @@ def test_inductor_compiled_training_matches_eager(tiny_data, cache_dir, tmp_path
     data = prepare_data(recipe, load_source(tiny_data), fold_options(tmp_path, cache_dir))
     eager = train_fold(recipe, data, 1, fold_options(tmp_path / "eager", cache_dir, epochs=1))
     compiled = train_fold(recipe, data, 1, fold_options(tmp_path / "compiled", cache_dir, epochs=1, compile=True))
-    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=1e-3)
+    # Measured 2026-12-06 (AMD EPYC, torch 2.14.1): 1.9e-3 relative, the same before and after the trainer
+    # refactor (inductor's CPU kernels depend on the vector ISA, which varies between machines; SAM's two
+    # passes carry the rounding on through the epoch). The aot_eager test above checks the wiring exactly.
+    assert compiled.history[0]["train_loss"] == pytest.approx(eager.history[0]["train_loss"], rel=5e-3)
     assert compiled.history[0]["val_loss"] == pytest.approx(eager.history[0]["val_loss"], rel=1e-2)
 
 
