@@ -51,7 +51,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp_name, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -65,7 +65,7 @@ def publish(staged: str | os.PathLike, path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         os.replace(staged, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as error:
         _raise_storage_error(error, path)
         raise
@@ -90,8 +90,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename itself is durable only once the directory entry is flushed.
+def fsync_dir(directory: Path) -> None:
+    """Flush a folder's entries: a rename into it is durable only then (best effort: some file systems refuse)."""
     with contextlib.suppress(OSError):
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

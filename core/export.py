@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from core.atomic import TEMP_SUFFIX, atomic_open
+from core.atomic import TEMP_SUFFIX, atomic_open, fsync_dir
 from core.errors import UserError
 from core.folds import SALIENCE_NAMES
 from core.model.ensemble import FoldEnsemble
@@ -142,7 +142,7 @@ def _write_with_external_data(proto, out: Path, data: Path) -> None:
         renamed.append(data)
         os.replace(staged_model, out)
         renamed.append(out)
-        _fsync_folder(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         if data in renamed and out not in renamed:  # the .onnx never arrived: its data file must not stay
             with contextlib.suppress(FileNotFoundError):
@@ -155,16 +155,6 @@ def _write_with_external_data(proto, out: Path, data: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    # The renames are durable only once the folder's entries are flushed.
-    with contextlib.suppress(OSError):
-        folder_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(folder_fd)
-        finally:
-            os.close(folder_fd)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
