@@ -659,6 +659,21 @@ def test_members_with_different_class_lists_are_refused_by_name(tmp_path):
         blend(parse_blend_recipe({"solutions": {"a": 1, "b": 1}}, "test"), tmp_path)
 
 
+def test_a_class_list_held_by_many_files_names_its_first_three(tmp_path):
+    rng = np.random.default_rng(9)
+    write_own_solution(tmp_path / "a", {fold: rng.dirichlet(np.ones(3), size=5) for fold in (1, 2, 3, 4)})
+    for fold in (1, 2, 3):
+        write_probs(tmp_path / f"us8k/best_model_fold{fold}.csv", random_probs(5, fold))
+    with pytest.raises(UserError) as caught:
+        blend(parse_blend_recipe({"solutions": {"a": 1, "us8k": 1}}, "test"), tmp_path)
+    a_files = ", ".join(str(tmp_path / f"a/best_model_fold{fold}.csv") for fold in (1, 2, 3))
+    us8k_files = ", ".join(str(tmp_path / f"us8k/best_model_fold{fold}.csv") for fold in (1, 2, 3))
+    assert str(caught.value) == (
+        "the blend's members predict 2 different class lists:\n"
+        f"  - classes beep, hum, whistle in {a_files}, ...\n"
+        f"  - classes 0..9 in {us8k_files}\n"
+        "Blend only solutions trained on the same data set (the same classes, in the same order).")
+
 def test_a_class_named_file_with_a_bad_value_names_its_class_column(tmp_path):
     write_own_solution(tmp_path / "a", {1: np.full((3, 3), 1 / 3)})
     path = tmp_path / "a/best_model_fold1.csv"

@@ -6,6 +6,8 @@ so these tests hold for any internal implementation of the update.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -176,6 +178,38 @@ def test_param_groups_are_shared_with_the_base_optimiser_and_survive_a_state_rou
     torch.testing.assert_close(buffer, sam.base_optimizer.state[params[0]]["momentum_buffer"])
 
 
+
+def test_a_loaded_state_keeps_this_machines_capturable_and_every_other_group_setting():
+    """AdamW's `capturable` belongs to the machine (the trainer sets it on CUDA): a state saved with it True loads as
+    False here and steps on the CPU; a state saved with False loads as True into a capturable optimiser."""
+    params = fresh_params()
+    sam = SAM(params, torch.optim.AdamW, rho=0.1, lr=0.1)
+    sam.param_groups[0]["lr"] = 0.5
+    quadratic(params).backward()
+    sam.first_step(zero_grad=True)
+    quadratic(params).backward()
+    sam.second_step(zero_grad=True)
+    saved = copy.deepcopy(sam.state_dict())
+    on_gpu = copy.deepcopy(saved)
+    on_gpu["param_groups"][0]["capturable"] = True
+
+    here = SAM(fresh_params(), torch.optim.AdamW, rho=0.1, lr=0.1)
+    here.load_state_dict(on_gpu)
+    assert on_gpu["param_groups"][0]["capturable"] is True  # the caller's state is not changed
+    assert here.param_groups is here.base_optimizer.param_groups
+    assert here.param_groups[0]["capturable"] is False
+    assert here.param_groups[0]["lr"] == 0.5 and here.param_groups[0]["rho"] == 0.1
+    torch.testing.assert_close(here.base_optimizer.state[here.param_groups[0]["params"][0]]["exp_avg"],
+                               sam.base_optimizer.state[params[0]]["exp_avg"])
+    quadratic(here.param_groups[0]["params"]).backward()
+    here.first_step(zero_grad=True)
+    quadratic(here.param_groups[0]["params"]).backward()
+    here.second_step(zero_grad=True)  # a capturable AdamW refuses CPU parameters
+
+    capturable = SAM(fresh_params(), torch.optim.AdamW, rho=0.1, lr=0.1, capturable=True)
+    capturable.load_state_dict(saved)
+    assert capturable.param_groups[0]["capturable"] is True and capturable.param_groups[0]["lr"] == 0.5
+
 # --------------------------------------------------------------------------------------------- mixup
 
 @pytest.mark.parametrize("alpha", [0.2, 0.4, 1.0, 2.0])
@@ -270,6 +304,20 @@ def test_salience_embedding_mixup_and_its_gradient_match_the_formula(padding_row
     if padding_row:
         expected[0] = 0.0  # padding_idx never trains
     np.testing.assert_allclose(embedding.embedding.weight.grad.numpy(), expected, rtol=1e-12)
+
+
+def test_mixed_correct_is_a_float64_count_that_sums_as_python_floats():
+    """0-dim float64 on the logits' device: the weighted count equals the Python-float formula bit for bit (0.1 is
+    not a float32 value, so a count weighted in float32 would differ)."""
+    logits = torch.eye(10, dtype=torch.float64)[:7]
+    targets = torch.tensor([0, 1, 2, 3, 9, 9, 9])
+    mix = Mix(0.1, torch.tensor([6, 5, 4, 3, 2, 1, 0]))
+    correct_a, correct_b = 4, 1  # rows 0-3 right; against the shuffled targets only row 3
+    got = mixed_correct(logits, targets, mix)
+    assert got.dtype == torch.float64 and got.dim() == 0
+    assert got.item() == correct_a * 0.1 + correct_b * (1.0 - 0.1)
+    plain = mixed_correct(logits, targets, None)
+    assert plain.dtype == torch.float64 and plain.item() == 4.0
 
 
 def test_film_fusion_conditions_on_the_hand_mixed_salience_vector():

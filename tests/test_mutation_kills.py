@@ -12,7 +12,7 @@ import torch
 from core import NUM_CLASSES
 from core.data.metadata import fold_leakage
 from core.errors import UserError
-from core.folds import ALL_FOLDS, TEST_FOLDS, TRAIN_FOLDS, FoldRoles, fold_roles, protocol_folds
+from core.folds import ALL_FOLDS, TEST_FOLDS, TRAIN_FOLDS, FoldRoles, fold_roles, fold_span, protocol_folds
 from core.metrics import ACCURACY_WEIGHT, F1_WEIGHT, confusion, per_class_table, score
 from core.train.fold import ResumeState
 
@@ -52,6 +52,15 @@ def test_per_class_table_and_confusion_cover_all_ten_classes():
     assert counts[0, 0] == 1 and counts[0, 1] == 1 and counts[2, 0] == 1 and counts[3, 4] == 1 and counts[1, 1] == 2
 
 
+
+def test_per_class_table_and_confusion_of_another_data_sets_class_count():
+    table = per_class_table(TRUE, PREDICTED, num_classes=6)
+    assert all(len(column) == 6 for column in table.values())
+    np.testing.assert_array_equal(table["support"], [2, 2, 2, 1, 0, 0])
+    np.testing.assert_allclose(table["f1"], [1 / 2, 4 / 5, 2 / 3, 0, 0, 0])
+    counts = confusion(TRUE, PREDICTED, num_classes=12)
+    assert counts.shape == (12, 12) and counts.sum() == len(TRUE) and counts[3, 4] == 1
+
 # ------------------------------------------------------------------------------------------- folds
 
 def test_fold_constants_and_protocol_fold_lists():
@@ -80,6 +89,52 @@ def test_every_kaggle_role_by_hand(key):
 def test_fold_outside_the_protocol_is_a_user_error(protocol, key, fragment):
     with pytest.raises(UserError, match=fragment):
         fold_roles(protocol, key)
+
+
+
+@pytest.mark.parametrize("key, validation", [(2, 3), (3, 5), (5, 9), (9, 2)])
+def test_every_kfold_role_by_hand_on_unordered_non_contiguous_folds(key, validation):
+    """kfold on the data's folds (given unordered): test k, validate on the next fold in order, the first after the last."""
+    folds = (5, 9, 2, 3)
+    assert fold_roles("kfold", key, folds) == FoldRoles(
+        key, tuple(f for f in (2, 3, 5, 9) if f not in (key, validation)), validation, key)
+
+
+def test_kaggle_on_a_data_sets_own_folds_by_hand():
+    assert fold_roles("kaggle", 2, (1, 2, 3)) == FoldRoles(2, (1, 3), 2, None)
+    assert fold_roles("kaggle", 8, TRAIN_FOLDS) == fold_roles("kaggle", 8)
+
+
+@pytest.mark.parametrize("protocol, key, folds, message", [
+    ("kaggle", 4, (1, 2, 3), "the kaggle protocol trains the data's folds 1-3 (fold model k validates on fold k); got fold 4"),
+    ("kaggle", 9, TRAIN_FOLDS, "the kaggle protocol trains folds 1-8 (fold model k validates on fold k; 9-10 are the "
+                               "test split); got fold 9. Use --protocol us8k-10fold to test on every fold"),
+    ("kfold", 1, None, "--protocol kfold needs at least 3 folds (test, validation, train); the data has 0"),
+    ("kfold", 1, (1, 2), "--protocol kfold needs at least 3 folds (test, validation, train); the data has 2"),
+    ("kfold", 4, (1, 2, 3), "the kfold protocol tests the data's folds 1-3; got fold 4"),
+    ("kfold", 2, (5, 1, 3), "the kfold protocol tests the data's folds 1,3,5; got fold 2"),
+])
+def test_a_fold_outside_the_datas_folds_is_named_word_for_word(protocol, key, folds, message):
+    with pytest.raises(UserError) as error:
+        fold_roles(protocol, key, folds)
+    assert str(error.value) == message
+
+
+def test_kfold_runs_on_exactly_three_folds():
+    assert fold_roles("kfold", 3, (1, 2, 3)) == FoldRoles(3, (2,), 1, 3)
+
+
+def test_protocol_fold_lists_of_a_data_sets_own_folds():
+    assert protocol_folds("kfold", (3, 1, 2)) == (1, 2, 3)
+    assert protocol_folds("kfold") == () and protocol_folds("kfold", None) == ()
+    assert protocol_folds("kaggle", (2, 1)) == (2, 1)
+    assert protocol_folds("us8k-10fold", (1, 2, 3)) == ALL_FOLDS
+
+
+@pytest.mark.parametrize("folds, span", [((1, 2, 3, 4, 5), "1-5"), ((3, 1, 2), "1-3"), ((2, 3), "2-3"),
+                                         ((1, 3, 4), "1,3,4"), ((4, 1, 2), "1,2,4")])
+def test_fold_span(folds, span):
+    assert fold_span(folds) == span
 
 
 # ------------------------------------------------------------------------------- the best-epoch rule
