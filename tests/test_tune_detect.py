@@ -1,17 +1,14 @@
 """tune-detect: per-class thresholds chosen out of fold, written into the solution folder, used by detect by default."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import sys
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import save_fold_checkpoints, tiny
+from test_bad_input import run_cli as run_cli_in_process
 
 from core import CLASS_NAMES
 from core.folds import fold_roles
@@ -28,18 +25,9 @@ def official_data(tmp_path_factory):
 
 
 def run_cli(*args: object) -> tuple[int, str, str]:
-    """`python -m core ARGS` in this process: exit code, stdout, stderr."""
-    from core.cli import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    code = 0
-    with mock.patch.object(sys, "argv", ["core", *map(str, args)]), \
-            contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            main()
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else 1
-    return code, stdout.getvalue(), stderr.getvalue()
+    """`python -m core ARGS` in this process: exit code, stdout, stderr (tests/test_bad_input.py runs it)."""
+    result = run_cli_in_process(*args)
+    return result.code, result.stdout, result.stderr
 
 
 def test_tune_detect_writes_one_row_per_class_from_each_models_validation_fold_only(official_data, tmp_path,
