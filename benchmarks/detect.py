@@ -1,16 +1,19 @@
 """Detection speed: real-time factor (audio seconds per second of computation) of `detect` and `monitor`.
 
     .venv/bin/python benchmarks/detect.py [--solution resnet34_pcen_sam_8fold] [--seconds 30] [--folds 8]
-                                          [--threads 1,2] [--repeats 1] [--no-onnx]
+                                          [--threads 1,2] [--repeats 1] [--warmup 1]
+                                          [--no-onnx]
 
 Writes `--folds` stand-in checkpoints (fresh weights: same cost as trained ones) and one recording of
 `--seconds` at 44.1 kHz, then times at hop 0.5 s, for each torch thread count, the paths of one step
 interleaved in the same process (benchmarks/timing.py), so a shared machine's load hits them alike:
 - detect, ours (core.infer.detect.detect_files: decoded and resampled once, windows batched as strips whose
-  shared mel frames are computed once) vs the naive path (every window decoded, resampled and run on its own)
-  vs --backbone-once (PCEN and backbone once per strip), for one fold and for the `--folds` ensemble;
+  shared mel frames are computed once, models in their inference form: BatchNorm folded, channels_last) vs
+  the same with the models as trained ("trained") vs the naive path (every window decoded, resampled and run
+  on its own, models as trained) vs --backbone-once (PCEN and backbone once per strip), for one fold and for
+  the `--folds` ensemble;
 - monitor (core.infer.stream.StreamDetector fed hop-long blocks) for one fold;
-- one fold through onnxruntime (its own thread pool), unless --no-onnx.
+- one fold through onnxruntime (per window, `threads` intra-op threads), unless --no-onnx.
 The last line is `RESULT {...}` (with nproc and the load average before and after); targets: one fold >= 20x
 real time on one thread, the 8-fold ensemble >= 5x on two threads, ours >= 1.5x naive.
 """
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=8)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (oneDNN builds its kernels)")
     parser.add_argument("--no-onnx", action="store_true")
     args = parser.parse_args()
     rules = PostProcessing.uniform(0.5, 0.3)
@@ -88,32 +92,37 @@ def main() -> None:
         soundfile.write(path, np.stack([signal, signal], axis=1)[: int(args.seconds * 44100)], 44100)
         one = torch_predictor([args.solution], [1.0], "mean", root / "one", "cpu", "fp32")
         many = torch_predictor([args.solution], [1.0], "mean", root / "many", "cpu", "fp32")
+        # The models as trained (no inference form): the default before it, and what the naive script runs.
+        one_trained = torch_predictor([args.solution], [1.0], "mean", root / "one", "cpu", "fp32", optimise=False)
+        many_trained = torch_predictor([args.solution], [1.0], "mean", root / "many", "cpu", "fp32", optimise=False)
+        if not args.no_onnx:
+            export_onnx(root / "one" / args.solution, args.solution, root / "one.onnx")
+        n = args.folds
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             steps = {f"detect_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP),
-                     f"naive_1fold_t{threads}": lambda: naive_detect(path, one, HOP),
+                     f"trained_1fold_t{threads}": lambda: detect_files([path], one_trained, rules, hop_seconds=HOP),
+                     f"naive_1fold_t{threads}": lambda: naive_detect(path, one_trained, HOP),
                      f"once_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP,
                                                                     backbone_once=True),
                      f"monitor_1fold_t{threads}": lambda: stream(path, one, rules),
-                     f"detect_{args.folds}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP),
-                     f"naive_{args.folds}fold_t{threads}": lambda: naive_detect(path, many, HOP),
-                     f"once_{args.folds}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP,
-                                                                             backbone_once=True)}
-            seconds = median_seconds(list(steps.values()), args.repeats, warmup=0)
+                     f"detect_{n}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP),
+                     f"trained_{n}fold_t{threads}": lambda: detect_files([path], many_trained, rules, hop_seconds=HOP),
+                     f"naive_{n}fold_t{threads}": lambda: naive_detect(path, many_trained, HOP),
+                     f"once_{n}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP,
+                                                                     backbone_once=True)}
+            if not args.no_onnx:  # per window (fixed-length input), onnxruntime's own pool of `threads` threads
+                ort = onnx_predictor(root / "one.onnx", threads)
+                steps[f"onnxruntime_1fold_t{threads}"] = lambda ort=ort: detect_files([path], ort, rules,
+                                                                                      hop_seconds=HOP)
+            seconds = median_seconds(list(steps.values()), args.repeats, args.warmup)
             for name, took in zip(steps, seconds, strict=True):
-                results[name] = round(args.seconds / took, 2)
-                print(f"{name:24s} {results[name]:8.2f}x real time", flush=True)
-        if not args.no_onnx:
-            export_onnx(root / "one" / args.solution, args.solution, root / "one.onnx")
-            ort = onnx_predictor(root / "one.onnx")
-            (took,) = median_seconds([lambda: detect_files([path], ort, rules, hop_seconds=HOP)], args.repeats, 0)
-            results["detect_1fold_onnxruntime"] = round(args.seconds / took, 2)
-            print(f"{'detect_1fold_onnxruntime':24s} {results['detect_1fold_onnxruntime']:8.2f}x real time")
-        for key in [k for k in results if k.startswith("detect_") and "onnx" not in k]:
-            naive = key.replace("detect_", "naive_")
-            results[f"ratio_{key.removeprefix('detect_')}"] = round(results[key] / results[naive], 2)
-            once = key.replace("detect_", "once_")
-            results[f"ratio_once_{key.removeprefix('detect_')}"] = round(results[once] / results[naive], 2)
+                results[name] = float(f"{args.seconds / took:.4g}")
+                print(f"{name:24s} {results[name]:8.4g}x real time", flush=True)
+        for key in [k for k in results if k.startswith("detect_")]:
+            for other in ("naive", "trained", "once"):
+                results[f"ratio_{key.removeprefix('detect_')}_vs_{other}"] = round(
+                    results[key] / results[key.replace("detect_", f"{other}_")], 2)
     results["load_after"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print("RESULT " + json.dumps(results))
 

@@ -31,14 +31,16 @@ class ModelSpec:
 
 def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], method: str, solutions: Path,
                     device: str = "auto", precision: str = "auto", folds: tuple[int, ...] | None = None,
-                    protocol: str = "kaggle") -> ModelSpec:
+                    protocol: str = "kaggle", optimise: bool = True) -> ModelSpec:
     """Every fold model (or those of `folds`) of each solution in its `protocol` folder under `solutions`
-    (core/solution_folder.py), blended with `method` and `weights`."""
+    (core/solution_folder.py), blended with `method` and `weights`; `optimise`: each model in its inference
+    form (core/model/inference_form.py: the same function to float rounding, faster), else as trained."""
     import torch
 
     from core.blend import combine
     from core.infer.fold_models import load_fold_models
     from core.model.ensemble import FoldEnsemble
+    from core.model.inference_form import inference_form
     from core.runtime import Runtime, autocast, configure_backends
     from core.solution_folder import SolutionFolder
 
@@ -47,6 +49,9 @@ def torch_predictor(solution_names: Sequence[str], weights: Sequence[float], met
     ensembles, rates, lengths, keys, classes = [], {}, {}, set(), {}
     for name in solution_names:
         models = load_fold_models(SolutionFolder.of(solutions, name, protocol).root, name, runtime, folds)
+        if optimise:
+            for fold_model in models:
+                fold_model.model = inference_form(fold_model.model)
         frontend = models[0].recipe.frontend
         keys.update(m.fold for m in models)
         rates[name], lengths[name] = frontend.sample_rate, frontend.num_samples
@@ -100,8 +105,9 @@ def check_same_input(rates: dict[str, int], lengths: dict[str, int]) -> None:
         raise UserError(f"the solutions disagree on sample rate or clip length ({shown}); classify them separately")
 
 
-def onnx_predictor(path: Path) -> ModelSpec:
-    """An exported model (core/export.py) run by onnxruntime on the CPU."""
+def onnx_predictor(path: Path, threads: int = 0) -> ModelSpec:
+    """An exported model (core/export.py) run by onnxruntime on the CPU (`threads` > 0: that many intra-op
+    threads; 0: onnxruntime's default, one per physical core)."""
     import onnxruntime
 
     from core.export import read_metadata
@@ -110,7 +116,9 @@ def onnx_predictor(path: Path) -> ModelSpec:
         raise UserError(f"--onnx {path}: no such file; write one with `python -m core export SOLUTION --out FILE`")
     try:
         metadata = read_metadata(path)
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:
         raise UserError(f"--onnx {path}: not a model onnxruntime can load ({type(error).__name__})") from error
     if "sample_rate" not in metadata or "num_samples" not in metadata or "class_names" not in metadata:
