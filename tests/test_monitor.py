@@ -85,6 +85,32 @@ def test_a_stream_cut_inside_a_sample_frame_ends_cleanly_with_open_events_flushe
     assert [(e.onset, e.offset, e.label) for e in flushed] == [(0.0, 3.0, "siren")]
 
 
+class LiveProducer(io.RawIOBase):
+    """A pipe whose producer writes `piece` bytes at a time: read1 returns what is there, read waits for more."""
+
+    def __init__(self, data: bytes, piece: int) -> None:
+        self.data, self.piece, self.position = data, piece, 0
+
+    def read1(self, size: int = -1) -> bytes:
+        chunk = self.data[self.position:self.position + min(size, self.piece)]
+        self.position += len(chunk)
+        return chunk
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.data[self.position:self.position + size]
+        self.position += len(chunk)
+        return chunk
+
+
+def test_a_live_stream_is_read_as_it_comes_and_a_stream_ahead_in_whole_blocks():
+    samples = np.arange(10_000, dtype="<i2")
+    live = list(read_pcm(LiveProducer(samples.tobytes(), 601), "s16le", 1, 4000, StreamStats()))
+    assert max(len(b) for b in live) <= 301                  # never waits to fill a 4000-sample block
+    np.testing.assert_array_equal(np.concatenate(live) * 32768, samples)  # a split sample joins its next piece
+    ahead = list(read_pcm(io.BufferedReader(io.BytesIO(samples.tobytes())), "s16le", 1, 4000, StreamStats()))
+    assert [len(b) for b in ahead] == [4000, 4000, 2000]
+
+
 def test_stereo_f32_is_averaged_to_mono():
     stats = StreamStats()
     frames = np.array([[0.5, -0.5], [0.25, 0.75]], dtype="<f4").tobytes()

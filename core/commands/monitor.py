@@ -106,7 +106,8 @@ def run_pipe(detector, stream, sample_format: str, channels: int) -> None:
     from core.infer.stream import read_pcm
 
     reported_at = 0.0
-    for block in read_pcm(stream, sample_format, channels, detector.grid.hop, detector.stats):
+    # Up to a batch of hops at a time: a pipe that is ahead fills whole batches of windows (scored together).
+    for block in read_pcm(stream, sample_format, channels, detector.grid.hop * detector.batch_size, detector.stats):
         for event in detector.feed(block):
             print_event(event)
         stats = detector.stats

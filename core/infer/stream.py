@@ -39,12 +39,18 @@ class StreamStats:
 
 def read_pcm(stream: BinaryIO, sample_format: str, channels: int, block_frames: int,
              stats: StreamStats) -> Iterator[np.ndarray]:
-    """Float32 mono blocks (mean over channels) from raw interleaved PCM; a cut sample frame at the end is dropped."""
+    """Float32 mono blocks (mean over channels) from raw interleaved PCM; a cut sample frame at the end is dropped.
+
+    A block is what the stream has ready, up to `block_frames` (read1 where the stream has it): a live
+    producer's audio comes as soon as it is written, a producer ahead of us (a file piped in) in full blocks,
+    whose windows are then scored together.
+    """
     dtype, scale = SAMPLE_FORMATS[sample_format]
     frame_bytes = dtype.itemsize * channels
+    read = getattr(stream, "read1", stream.read)
     leftover = b""
     while True:
-        chunk = stream.read(block_frames * frame_bytes)
+        chunk = read(block_frames * frame_bytes)
         if not chunk:
             break
         data = leftover + chunk
