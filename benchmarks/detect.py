@@ -12,7 +12,7 @@ interleaved in the same process (benchmarks/timing.py), so a shared machine's lo
   the same with the models as trained ("trained") vs the naive path (every window decoded, resampled and run
   on its own, models as trained) vs --backbone-once (PCEN and backbone once per strip), for one fold and for
   the `--folds` ensemble;
-- monitor (core.infer.stream.StreamDetector) for one fold, fed hop-long blocks (live) and blocks of 8 hops (a
+- monitor (core.infer.stream.StreamDetector) for one fold, fed hop-long blocks (live) and blocks of 32 hops (a
   pipe that is ahead);
 - one fold through onnxruntime (per window, `threads` intra-op threads), unless --no-onnx.
 The last line is `RESULT {...}` (with nproc and the load average before and after); targets: one fold >= 20x
@@ -52,13 +52,13 @@ def naive_detect(path: Path, spec, hop_seconds: float) -> None:
 
 
 def stream(path: Path, spec, rules, hops_per_block: int) -> None:
-    """monitor's detector fed blocks of `hops_per_block` hops: 1 = a live source, 8 = a pipe that is ahead (monitor
-    reads up to a batch of hops at a time)."""
+    """monitor's detector fed blocks of `hops_per_block` hops: 1 = a live source, 32 = a pipe that is ahead (monitor
+    reads up to a batch of 32 hops at a time)."""
     from core.data.audio import load_signal
     from core.infer.stream import StreamDetector
 
     signal = load_signal(path, spec.sample_rate)
-    detector = StreamDetector(spec, rules, HOP, (1, 2), batch_size=8)
+    detector = StreamDetector(spec, rules, HOP, (1, 2), batch_size=32)
     block = detector.grid.hop * hops_per_block
     for start in range(0, len(signal), block):
         detector.feed(signal[start:start + block])
@@ -109,7 +109,7 @@ def main() -> None:
                      f"once_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP,
                                                                     backbone_once=True),
                      f"monitor_live_1fold_t{threads}": lambda: stream(path, one, rules, 1),
-                     f"monitor_pipe_1fold_t{threads}": lambda: stream(path, one, rules, 8),
+                     f"monitor_pipe_1fold_t{threads}": lambda: stream(path, one, rules, 32),
                      f"detect_{n}fold_t{threads}": lambda: detect_files([path], many, rules, hop_seconds=HOP),
                      f"trained_{n}fold_t{threads}": lambda: detect_files([path], many_trained, rules, hop_seconds=HOP),
                      f"naive_{n}fold_t{threads}": lambda: naive_detect(path, many_trained, HOP),
