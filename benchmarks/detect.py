@@ -16,7 +16,9 @@ interleaved in the same process (benchmarks/timing.py), so a shared machine's lo
   pipe that is ahead);
 - one fold through onnxruntime (per window, `threads` intra-op threads), unless --no-onnx.
 The last line is `RESULT {...}` (with nproc and the load average before and after); targets: one fold >= 20x
-real time on one thread, the 8-fold ensemble >= 5x on two threads, ours >= 1.5x naive.
+real time on one thread, the 8-fold ensemble >= 5x on two threads, ours >= 1.5x naive. It also gives the
+model's GFLOP per window, this CPU's sgemm GFLOP/s per thread count, and `ceiling_<k>fold_t<threads>`: the
+real-time factor if the network ran at sgemm speed (what exact fp32 per-window scoring can at best reach).
 """
 from __future__ import annotations
 
@@ -65,6 +67,36 @@ def stream(path: Path, spec, rules, hops_per_block: int) -> None:
     detector.finish()
 
 
+def window_gflop(spec_solution: str) -> float:
+    """GFLOP of one window through the solution's model (torch's flop counter: convolutions and matmuls)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core import registry
+    from core.model.network import build_model
+
+    recipe = registry.get(spec_solution)
+    model = build_model(recipe).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, recipe.frontend.num_samples), torch.ones(1, dtype=torch.int64))
+    return counter.get_total_flops() / 1e9
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """This CPU's float32 matrix-multiply speed on torch's current thread count: a practical ceiling for
+    convolutions, which oneDNN runs as blocked matrix multiplies."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     import soundfile
     import torch
@@ -101,6 +133,8 @@ def main() -> None:
         if not args.no_onnx:
             export_onnx(root / "one" / args.solution, args.solution, root / "one.onnx")
         n = args.folds
+        gflop = window_gflop(args.solution)
+        results["gflop_per_window"] = round(gflop, 3)
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             steps = {f"detect_1fold_t{threads}": lambda: detect_files([path], one, rules, hop_seconds=HOP),
@@ -120,6 +154,12 @@ def main() -> None:
                 steps[f"onnxruntime_1fold_t{threads}"] = lambda ort=ort: detect_files([path], ort, rules,
                                                                                       hop_seconds=HOP)
             seconds = median_seconds(list(steps.values()), args.repeats, args.warmup)
+            # The real-time factor at which the network alone would run at sgemm speed: how close a row is to
+            # what fp32 per-window scoring can reach on this CPU (windows per audio second = 1 / hop).
+            results[f"sgemm_gflops_t{threads}"] = round(sgemm_gflops(), 1)
+            for folds in (1, n):
+                results[f"ceiling_{folds}fold_t{threads}"] = round(
+                    results[f"sgemm_gflops_t{threads}"] / (gflop * folds / HOP), 2)
             for name, took in zip(steps, seconds, strict=True):
                 results[name] = float(f"{args.seconds / took:.4g}")
                 print(f"{name:24s} {results[name]:8.4g}x real time", flush=True)

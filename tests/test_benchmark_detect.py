@@ -22,6 +22,7 @@ def test_the_detect_benchmark_reports_every_path_and_its_ratios():
     paths = ["detect", "trained", "naive", "once", "monitor_live", "monitor_pipe"]
     for path in paths:
         assert result[f"{path}_1fold_t1"] > 0
+    assert result["gflop_per_window"] > 1 and result["ceiling_1fold_t1"] > 0 and result["sgemm_gflops_t1"] > 0
     for path in ["detect", "trained", "naive", "once"]:
         assert result[f"{path}_2fold_t1"] > 0
     assert result["onnxruntime_1fold_t1"] > 0
