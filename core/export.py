@@ -39,6 +39,7 @@ class ExportedModel:
     sample_rate: int
     num_samples: int
     uses_salience: bool
+    class_names: tuple[str, ...] = ()
 
 
 def load_ensemble(solution_dir: Path, solution: str, folds: tuple[int, ...] | None = None):
@@ -97,7 +98,7 @@ def export_onnx(solution_dir: Path, solution: str, out: Path, folds: tuple[int, 
         entry.key, entry.value = key, value
     write_model(proto, Path(out), external_data_threshold)
     return ExportedModel(Path(out), solution, fold_list, frontend.sample_rate, frontend.num_samples,
-                         ensemble.uses_salience)
+                         ensemble.uses_salience, tuple(class_names))
 
 
 def external_data_path(out: Path) -> Path:

@@ -22,7 +22,8 @@ from core.errors import UserError
 
 COMMAND = typer.main.get_command(app)
 STRICTLY_POSITIVE_VALUES = ("0", "-1", "nan", "inf")
-FOLD_LIST_VALUES = ("0", "11", "1,x", ",")
+FOLD_LIST_VALUES = ("0", "1,x", ",")
+BEYOND_URBANSOUND8K = "11"  # outside every fold list but export's, whose checkpoints decide (any data set's folds)
 
 
 def numeric(param) -> bool:
@@ -37,7 +38,8 @@ def fold_list(param) -> bool:
 def out_of_domain(param) -> list[str]:
     """Values just outside `param`'s declared domain (its min/max, or the callback that bounds it)."""
     if fold_list(param):
-        return list(FOLD_LIST_VALUES)
+        unbounded = getattr(param.callback, "__wrapped__", None) is option_domains.any_fold_list
+        return list(FOLD_LIST_VALUES) + ([] if unbounded else [BEYOND_URBANSOUND8K])
     if getattr(param.callback, "__wrapped__", None) is option_domains.positive:
         return list(STRICTLY_POSITIVE_VALUES)
     values = []
@@ -124,6 +126,17 @@ def test_train_folds_outside_the_chosen_protocol_are_refused_whichever_comes_fir
     code, _, err = run_main(["train", "resnet34_pcen_sam_8fold", "--protocol", "us8k-10fold", "--folds", "11"], capsys)
     assert code == 2 and "1-10" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_takes_any_data_sets_fold_and_names_one_without_a_checkpoint(tmp_path, monkeypatch, capsys):
+    """A 12-fold set's fold 12 is a fold like any other for export; one without a checkpoint is named."""
+    from conftest import save_fold_checkpoints, tiny
+
+    save_fold_checkpoints(tmp_path, "resnet34_pcen_sam_8fold", folds=(1, 12), recipe=tiny("resnet34_pcen_sam_8fold"))
+    code, _, err = run_main(["export", "resnet34_pcen_sam_8fold", "--out", str(tmp_path / "m.onnx"), "--folds", "11",
+                             "--solutions", str(tmp_path)], capsys)
+    assert code == 2 and "no checkpoint for fold(s) 11" in err and "folds present: 1, 12" in err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_epochs_zero_through_a_real_process_exits_2_and_writes_nothing(tmp_path):

@@ -152,7 +152,7 @@ def export(
 ) -> None:
     """Write SOLUTION's fold models as one ONNX graph that runs with onnxruntime alone.
 
-    Inputs: waveforms float32 [batch, num_samples] (mono at the model's sample rate), plus salience int64 [batch] (1 foreground, 2 background) for the fusion solutions. Output: the fold-averaged class probabilities [batch, 10]. The mel spectrogram and PCEN are inside the graph; the batch size is free.
+    Inputs: waveforms float32 [batch, num_samples] (mono at the model's sample rate), plus salience int64 [batch] (1 foreground, 2 background) for the fusion solutions. Output: the fold-averaged class probabilities [batch, classes] (the class names are in the file's metadata). The mel spectrogram and PCEN are inside the graph; the batch size is free.
     """
     from rich.console import Console
 
@@ -166,4 +166,5 @@ def export(
     inputs = f"waveforms [batch, {exported.num_samples}] float32" + (" + salience [batch] int64 (1|2)"
                                                                       if exported.uses_salience else "")
     Console(stderr=True).print(f"wrote {out}: {solution}, folds {','.join(map(str, exported.folds))}, {inputs} at "
-                               f"{exported.sample_rate} Hz -> probabilities [batch, 10]", highlight=False)
+                               f"{exported.sample_rate} Hz -> probabilities [batch, {len(exported.class_names)}]",
+                               highlight=False, markup=False)  # the shapes in [...] are not rich markup
