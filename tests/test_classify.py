@@ -126,12 +126,12 @@ def test_cli_a_corrupt_file_gets_no_row_and_exit_2(trained, recordings, tmp_path
     folder.mkdir()
     for name in ("street.wav", "short.flac"):
         (folder / name).write_bytes((recordings / name).read_bytes())
-    (folder / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
+    (folder / "broken[take2].wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")  # [..]: not rich markup
     out, windows, plots = tmp_path / "files.csv", tmp_path / "windows.csv", tmp_path / "plots"
     done = run_cli("classify", folder, "--solution", BASELINE, "--solutions", trained, "--out", out,
                    "--windows", windows, "--plot", plots, "--device", "cpu")
     assert done.returncode == 2, done.stderr
-    assert "broken.wav" in done.stderr and "1 of 3 file(s) could not be decoded" in done.stderr
+    assert "broken[take2].wav" in done.stderr and "1 of 3 file(s) could not be decoded" in done.stderr
     table = pd.read_csv(out)
     assert sorted(table["file"].map(lambda p: p.rsplit("/", 1)[-1])) == ["short.flac", "street.wav"]
     assert list(table.columns) == ["file", "duration_s", "TARGET", *CLASS_NAMES]
@@ -147,7 +147,7 @@ def test_cli_a_corrupt_file_gets_no_row_and_exit_2(trained, recordings, tmp_path
                       "--json", "--device", "cpu")
     assert skipped.returncode == 0, skipped.stderr
     report = json.loads(skipped.stdout)
-    assert len(report["files"]) == 2 and [bad["file"].rsplit("/", 1)[-1] for bad in report["bad"]] == ["broken.wav"]
+    assert len(report["files"]) == 2 and [bad["file"].rsplit("/", 1)[-1] for bad in report["bad"]] == ["broken[take2].wav"]
 
 
 def test_cli_clear_errors_and_no_output_file(trained, recordings, tmp_path):

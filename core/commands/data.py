@@ -43,13 +43,13 @@ def synth(
         source = load_source(root)
         Console(stderr=True).print(f"wrote {len(source.train)} labelled clips of {source.num_classes} classes "
                                    f"({layout} layout; folds {', '.join(map(str, source.folds))}"
-                                   f"{', assigned when read' if source.folds_assigned else ''}) to {root}")
+                                   f"{', assigned when read' if source.folds_assigned else ''}) to {root}", markup=False)
         return
     if layout == "official":
         table = pd.read_csv(root / "metadata" / "UrbanSound8K.csv")
-        Console(stderr=True).print(f"wrote {len(table)} labelled clips in folds 1-10 (official layout) to {root}")
+        Console(stderr=True).print(f"wrote {len(table)} labelled clips in folds 1-10 (official layout) to {root}", markup=False)
         return
     train = pd.read_csv(root / "metadata" / "kaggle_train.csv")
     test = pd.read_csv(root / "metadata" / "kaggle_test.csv")
     Console(stderr=True).print(f"wrote {len(train)} train clips (folds {train['fold'].min()}-{train['fold'].max()}) "
-                               f"and {len(test)} labelled test clips to {root}")
+                               f"and {len(test)} labelled test clips to {root}", markup=False)

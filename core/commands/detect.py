@@ -112,6 +112,7 @@ def detect(
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     from core.atomic import check_writable
     from core.commands.classify import blend_members
@@ -147,7 +148,7 @@ def detect(
     console.print(rules_source, highlight=False, markup=False, soft_wrap=True)
     leakage = check_soundscape_leakage(files, spec.fold_keys, allow_fold_leakage)
     if leakage:
-        console.print(f"[bold yellow]warning:[/] {leakage} (--allow-fold-leakage)", highlight=False)
+        console.print(f"[bold yellow]warning:[/] {escape(leakage)} (--allow-fold-leakage)", highlight=False)
     if backbone_once and spec.predict_strip is None:
         raise UserError("--backbone-once needs PyTorch models (--solution or --recipe); an ONNX graph takes "
                         "fixed-length windows")
