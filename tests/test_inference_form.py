@@ -54,6 +54,8 @@ def test_the_inference_form_is_the_trained_function_for_every_solution(name, one
         got = fast(clips, salience)
     left = sum(isinstance(m, nn.BatchNorm2d) for m in fast.backbone.modules())
     assert batchnorms > 0 and left == 0                                # every conv -> BatchNorm pair folded
+    convolutions = [m for m in fast.backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
     # Float rounding only: relative to the logits' scale (an element near zero has no relative precision).
     assert (got - expected).abs().max() <= 2e-5 * expected.abs().max()
     torch.testing.assert_close(got.softmax(1), expected.softmax(1), rtol=0, atol=1e-5)
@@ -64,13 +66,18 @@ def test_folding_the_baseline_leaves_no_batchnorm_and_keeps_its_outputs(one_torc
     torch.manual_seed(0)
     trained = with_trained_statistics(build_model(recipe))
     clips = clips_for(recipe)
+    state = {key: value.clone() for key, value in trained.state_dict().items()}
     with torch.inference_mode():
         maps = trained.audio_input(trained.mel_energies(clips))
         expected = trained.backbone(maps)
         folded = fold_batchnorm(trained.backbone)
         got = folded.to(memory_format=torch.channels_last)(maps)
+        again = trained.backbone(maps)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert sum(isinstance(m, nn.BatchNorm2d) for m in trained.backbone.modules()) == 36  # ResNet-34's, untouched
+    after = trained.state_dict()                                        # ... its weights and its function too
+    assert after.keys() == state.keys() and all(torch.equal(after[key], state[key]) for key in state)
+    assert torch.equal(again, expected)
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
@@ -98,6 +105,23 @@ def test_an_untraceable_backbone_is_kept_as_it_is_and_said():
         assert fold_batchnorm(module) is module
 
 
+class SharedConvolution(nn.Module):
+    """A convolution called twice, once before a BatchNorm: folding it would change the other call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x)) + self.conv(x)
+
+
+def test_a_pair_whose_convolution_is_called_twice_is_kept_as_it_is_and_said():
+    module = with_trained_statistics(SharedConvolution())
+    with pytest.warns(UserWarning, match="conv called at more than one place"):
+        assert fold_batchnorm(module) is module
+
+
 def test_detect_and_classify_use_the_inference_form_and_score_as_the_trained_models(tmp_path, monkeypatch,
                                                                                    one_torch_thread):
     import core.model.inference_form as form
@@ -114,5 +138,6 @@ def test_detect_and_classify_use_the_inference_form_and_score_as_the_trained_mod
     hop = recipe.frontend.sample_rate // 2
     strip = np.concatenate([windows[0], windows[1]])[: 3 * hop + recipe.frontend.num_samples]
     np.testing.assert_allclose(fast.predict(windows, (1, 2)), as_trained.predict(windows, (1, 2)), atol=1e-5)
-    np.testing.assert_allclose(fast.predict_strip(strip, 4, hop, (1, 2), False),
-                               as_trained.predict_strip(strip, 4, hop, (1, 2), False), atol=1e-5)
+    for backbone_once in (False, True):  # --backbone-once runs the folded backbone over the whole strip
+        np.testing.assert_allclose(fast.predict_strip(strip, 4, hop, (1, 2), backbone_once),
+                                   as_trained.predict_strip(strip, 4, hop, (1, 2), backbone_once), atol=1e-5)
