@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -12,10 +14,10 @@ import soundfile
 from conftest import REPO, demo_clip, save_fold_checkpoints, subprocess_env, tiny
 
 from core import CLASS_NAMES
-from core.infer.detect import detect_files
+from core.infer.detect import FrameGrid, detect_files
 from core.infer.events import PostProcessing
 from core.infer.predictors import ModelSpec, torch_predictor
-from core.infer.stream import StreamDetector, StreamStats, read_pcm
+from core.infer.stream import StreamDetector, StreamStats, read_pcm, widen_pipe
 
 BASELINE = "resnet34_pcen_sam_8fold"
 RATE = 8000  # the tiny recipe's rate
@@ -109,6 +111,53 @@ def test_a_live_stream_is_read_as_it_comes_and_a_stream_ahead_in_whole_blocks():
     np.testing.assert_array_equal(np.concatenate(live) * 32768, samples)  # a split sample joins its next piece
     ahead = list(read_pcm(io.BufferedReader(io.BytesIO(samples.tobytes())), "s16le", 1, 4000, StreamStats()))
     assert [len(b) for b in ahead] == [4000, 4000, 2000]
+
+
+class BlockRecorder:
+    """monitor's detector as run_pipe sees it, recording the size of each block it is fed."""
+
+    def __init__(self, hop: int, batch_size: int) -> None:
+        self.grid, self.batch_size, self.stats, self.blocks = FrameGrid(4 * hop, hop), batch_size, StreamStats(), []
+
+    def feed(self, block: np.ndarray) -> list:
+        self.blocks.append(len(block))
+        return []
+
+
+def test_monitor_reads_a_pipe_that_is_ahead_in_whole_batches():
+    """A real pipe (not an in-memory stream): a read gets what the pipe holds, 64 KiB on Linux unless widened;
+    run_pipe widens it to a batch of hops (here 16 x 5000 s16 frames: 160000 bytes)."""
+    from core.commands.monitor import run_pipe
+
+    fcntl = pytest.importorskip("fcntl")
+    if not hasattr(fcntl, "F_SETPIPE_SZ"):
+        pytest.skip("pipe capacity cannot be set here (not Linux)")
+    read_end, write_end = os.pipe()
+    os.close(write_end)                                              # an empty stream: only the widening shows
+    with os.fdopen(read_end, "rb") as reader:
+        assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) < 160_000
+        run_pipe(BlockRecorder(5000, 16), reader, "s16le", 1)
+        assert fcntl.fcntl(read_end, fcntl.F_GETPIPE_SZ) >= 160_000
+
+    read_end, write_end = os.pipe()
+    samples = (np.arange(100_000) % 20_000).astype("<i2")
+    detector = BlockRecorder(5000, 16)
+
+    def produce() -> None:
+        with os.fdopen(write_end, "wb") as writer:
+            writer.write(samples.tobytes())
+
+    with os.fdopen(read_end, "rb") as reader:
+        assert widen_pipe(reader, 160_000) >= 160_000               # as run_pipe does, before the producer writes
+        producer = threading.Thread(target=produce)
+        producer.start()
+        producer.join(timeout=10)                                    # it fits: the producer gets ahead of us
+        finished = not producer.is_alive()
+        run_pipe(detector, reader, "s16le", 1)
+        producer.join()
+    assert finished, "the widened pipe did not hold the producer's 200000 bytes"
+    assert detector.blocks == [80_000, 20_000]                       # unwidened: 32768-frame reads
+    assert widen_pipe(io.BytesIO(b""), 80_000) == 0                  # not a pipe: left alone
 
 
 def test_stereo_f32_is_averaged_to_mono():

@@ -105,11 +105,14 @@ def print_hop_line(spec, hop: float):
 
 def run_pipe(detector, stream, sample_format: str, channels: int) -> None:
     """Every window of the stream, in order; a stderr note whenever it falls behind real time."""
-    from core.infer.stream import read_pcm
+    from core.infer.stream import SAMPLE_FORMATS, read_pcm, widen_pipe
 
     reported_at = 0.0
-    # Up to a batch of hops at a time: a pipe that is ahead fills whole batches of windows (scored together).
-    for block in read_pcm(stream, sample_format, channels, detector.grid.hop * detector.batch_size, detector.stats):
+    # Up to a batch of hops at a time: a pipe that is ahead fills whole batches of windows (scored together) once
+    # it can hold a batch's bytes (a Linux pipe holds 64 KiB, about 2 hops, unless widened; at most 1 MiB).
+    block_frames = detector.grid.hop * detector.batch_size
+    widen_pipe(stream, block_frames * SAMPLE_FORMATS[sample_format][0].itemsize * channels)
+    for block in read_pcm(stream, sample_format, channels, block_frames, detector.stats):
         for event in detector.feed(block):
             print_event(event)
         stats = detector.stats

@@ -42,8 +42,9 @@ def read_pcm(stream: BinaryIO, sample_format: str, channels: int, block_frames: 
     """Float32 mono blocks (mean over channels) from raw interleaved PCM; a cut sample frame at the end is dropped.
 
     A block is what the stream has ready, up to `block_frames` (read1 where the stream has it): a live
-    producer's audio comes as soon as it is written, a producer ahead of us (a file piped in) in full blocks,
-    whose windows are then scored together.
+    producer's audio comes as soon as it is written, a producer ahead of us (a file piped in) in blocks as
+    large as the pipe holds (64 KiB by default on Linux, about 2 hops of 16-bit mono at 32 kHz; `widen_pipe`
+    raises that to a whole block where it can), whose windows are then scored together.
     """
     dtype, scale = SAMPLE_FORMATS[sample_format]
     frame_bytes = dtype.itemsize * channels
@@ -60,6 +61,31 @@ def read_pcm(stream: BinaryIO, sample_format: str, channels: int, block_frames: 
             samples = np.frombuffer(data[:whole], dtype=dtype).astype(np.float32) / scale
             yield samples.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else samples
     stats.trailing_bytes = len(leftover)
+
+
+def widen_pipe(stream: BinaryIO, size: int) -> int:
+    """Best effort: the capacity of the pipe `stream` reads raised to `size` bytes (Linux F_SETPIPE_SZ, up to
+    /proc/sys/fs/pipe-max-size, 1 MiB by default), so that a producer ahead of us leaves up to a whole block
+    for one read. Returns the capacity after; 0 where `stream` is not a pipe or the capacity cannot be set
+    (other systems): reads then get what the pipe holds."""
+    import os
+    import stat
+
+    try:
+        import fcntl
+
+        descriptor = stream.fileno()
+        if not stat.S_ISFIFO(os.fstat(descriptor).st_mode):
+            return 0
+        if fcntl.fcntl(descriptor, fcntl.F_GETPIPE_SZ) < size:
+            try:
+                fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, size)
+            except OSError:  # above pipe-max-size (unprivileged): as large as allowed
+                with open("/proc/sys/fs/pipe-max-size") as limit:
+                    fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, min(size, int(limit.read())))
+        return fcntl.fcntl(descriptor, fcntl.F_GETPIPE_SZ)
+    except (ImportError, AttributeError, OSError, ValueError):  # no fcntl / no fileno / not Linux
+        return 0
 
 
 class StreamDetector:
