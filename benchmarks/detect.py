@@ -18,7 +18,8 @@ interleaved in the same process (benchmarks/timing.py), so a shared machine's lo
 The last line is `RESULT {...}` (with nproc and the load average before and after); targets: one fold >= 20x
 real time on one thread, the 8-fold ensemble >= 5x on two threads, ours >= 1.5x naive. It also gives the
 model's GFLOP per window, this CPU's sgemm GFLOP/s per thread count, and `ceiling_<k>fold_t<threads>`: the
-real-time factor if the network ran at sgemm speed (what exact fp32 per-window scoring can at best reach).
+real-time factor if the network ran at sgemm speed (a practical ceiling for fp32 per-window scoring by direct
+convolution, not a hard bound).
 """
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def naive_detect(path: Path, spec, hop_seconds: float) -> None:
 
 
 def stream(path: Path, spec, rules, hops_per_block: int) -> None:
-    """monitor's detector fed blocks of `hops_per_block` hops: 1 = a live source, 32 = a pipe that is ahead (monitor
-    reads up to a batch of 32 hops at a time)."""
+    """monitor's detector fed blocks of `hops_per_block` hops, in process: 1 = a live source, 32 = a pipe that is
+    ahead (monitor reads up to a batch of 32 hops at a time, from a pipe it widens to hold them: run_pipe)."""
     from core.data.audio import load_signal
     from core.infer.stream import StreamDetector
 
