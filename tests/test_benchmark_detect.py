@@ -26,6 +26,9 @@ def test_the_detect_benchmark_reports_every_path_and_its_ratios():
     for path in ["detect", "trained", "naive", "once"]:
         assert result[f"{path}_2fold_t1"] > 0
     assert result["onnxruntime_1fold_t1"] > 0
+    for folds in (1, 2):  # the real-time factor at sgemm speed: 2 windows per audio second at hop 0.5 s
+        expected = result["sgemm_gflops_t1"] / (result["gflop_per_window"] * folds * 2)
+        assert result[f"ceiling_{folds}fold_t1"] == pytest.approx(expected, rel=0.01)
     for other in ["naive", "trained", "once"]:
         expected = result["detect_1fold_t1"] / result[f"{other}_1fold_t1"]
         assert result[f"ratio_1fold_t1_vs_{other}"] == pytest.approx(expected, abs=0.01)
