@@ -21,7 +21,7 @@ from core.progress import TrainProgress
 from core.recipe import Recipe
 from core.train import trainer as trainer_module
 from core.train.data import prepare_data
-from core.train.fold import epoch_seed, seed_all, train_batches, train_fold
+from core.train.fold import epoch_seed, predict, seed_all, train_batches, train_fold
 from core.train.mixup import draw_mix, mix_batch, mixed_cross_entropy
 from core.train.options import TrainOptions
 from core.train.sam import SAM
@@ -496,3 +496,24 @@ def test_the_trainer_keeps_one_training_loader_for_the_fold_re_seeded_each_epoch
                           trainer.options, seeds[1], None)
     assert epoch_two == [labels.tolist() for _, labels, _ in fresh]
     assert epoch_two != [labels.tolist() for _, labels, _ in trainer.epoch_loader(seeds[0])]
+
+
+def test_the_trainer_keeps_one_validation_loader_for_the_fold_whose_workers_serve_every_epoch(source, tmp_path):
+    """The validation batches are built once per fold: with workers, the same worker processes serve every
+    validation, which reads exactly what a freshly built loader reads; the fold's end lets them go."""
+    recipe = shrunk("resnet34_pcen_sam_8fold")
+    trainer = ready_trainer(recipe, source, tmp_path, workers=2)
+    first, _, _ = trainer.validate()
+    loader = trainer.val_batches
+    assert loader is not None and loader.num_workers == 2 and loader.persistent_workers
+    pids = [worker.pid for worker in loader._iterator._workers]
+    second, loss, _ = trainer.validate()
+    assert trainer.val_batches is loader
+    assert [worker.pid for worker in loader._iterator._workers] == pids  # not started again
+    fresh, fresh_loss = predict(trainer.parts.model, trainer.data.train, trainer.val_rows, trainer.settings.batch_size,
+                                trainer.runtime, dataclasses.replace(trainer.options, workers=0))
+    np.testing.assert_array_equal(second, fresh)
+    np.testing.assert_array_equal(first, second)
+    assert loss == pytest.approx(fresh_loss, rel=1e-6)
+    trainer.fit()
+    assert trainer.val_batches is None and trainer.loader is None

@@ -295,35 +295,49 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def prediction_batches(split: Split, rows: np.ndarray, batch_size: int, runtime: Runtime, options: TrainOptions,
+                       resident: ResidentSplit | None = None) -> DataLoader | ResidentBatches:
+    """The batches `predict` reads for `rows` (this process's share under torchrun: `predicted_rows`), in
+    order: from the device-resident split, or a DataLoader whose workers persist, so a fold's validation can
+    build it once and read it every epoch without starting workers again."""
+    if resident is not None:
+        return ResidentBatches(resident, rows, batch_size, shuffle=False, drop_last=False, seed=0)
+    return make_loader(WaveformDataset(split, rows), batch_size, shuffle=False, drop_last=False,
+                       workers=resolve_workers(options.workers, runtime.device), seed=0,
+                       pin_memory=runtime.device.type == "cuda")
+
+
+def predicted_rows(rows: np.ndarray) -> np.ndarray:
+    """The rows this process predicts: all of them, or its shard under torchrun."""
+    return distributed.shard(np.asarray(rows)) if distributed.current().enabled else rows
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, rows: np.ndarray, batch_size: int, runtime: Runtime,
-            options: TrainOptions, resident: ResidentSplit | None = None) -> tuple[np.ndarray, float]:
-    """Softmax probabilities [len(rows), 10] in eval mode; also the mean CE loss where labels are known.
+            options: TrainOptions, resident: ResidentSplit | None = None,
+            batches: DataLoader | ResidentBatches | None = None) -> tuple[np.ndarray, float]:
+    """Softmax probabilities [len(rows), classes] in eval mode; also the mean CE loss where labels are known.
 
     `resident`: `split` held on the device (--device-cache), read instead of the memmap. Under
-    torchrun each rank predicts every world_size-th row and all ranks get every row back.
+    torchrun each rank predicts every world_size-th row and all ranks get every row back. `batches`:
+    prediction_batches of predicted_rows(rows), kept by the caller to be read again (else built here).
     """
+    if batches is None:
+        batches = prediction_batches(split, predicted_rows(rows), batch_size, runtime, options, resident)
     if not distributed.current().enabled:
-        probs, loss_sum, counted = _predict_rows(model, split, rows, batch_size, runtime, options, resident)
+        probs, loss_sum, counted = _predict_rows(model, batches, runtime)
         return probs, loss_sum / max(counted, 1)
-    parts = distributed.gather_shards(_predict_rows(model, split, distributed.shard(np.asarray(rows)), batch_size,
-                                                    runtime, options, resident))
+    parts = distributed.gather_shards(_predict_rows(model, batches, runtime))
     probs = distributed.unshard([part[0] for part in parts])
     return probs, sum(part[1] for part in parts) / max(sum(part[2] for part in parts), 1)
 
 
-def _predict_rows(model: torch.nn.Module, split: Split, rows: np.ndarray, batch_size: int, runtime: Runtime,
-                  options: TrainOptions, resident: ResidentSplit | None) -> tuple[np.ndarray, float, int]:
-    """(probabilities, summed CE loss over the labelled rows, number of labelled rows) of `rows`, in order."""
+def _predict_rows(model: torch.nn.Module, batches: DataLoader | ResidentBatches,
+                  runtime: Runtime) -> tuple[np.ndarray, float, int]:
+    """(probabilities, summed CE loss over the labelled rows, number of labelled rows) of `batches`, in order."""
     model.eval()
-    if resident is not None:
-        loader = ResidentBatches(resident, rows, batch_size, shuffle=False, drop_last=False, seed=0)
-    else:
-        loader = make_loader(WaveformDataset(split, rows), batch_size, shuffle=False, drop_last=False,
-                             workers=resolve_workers(options.workers, runtime.device), seed=0,
-                             pin_memory=runtime.device.type == "cuda")
     chunks, losses, counted = [], 0.0, 0
-    for waveforms, labels, salience in loader:
+    for waveforms, labels, salience in batches:
         waveforms = waveforms.to(runtime.device, non_blocking=True)
         salience = salience.to(runtime.device, non_blocking=True)
         with autocast(runtime.device, runtime.precision):

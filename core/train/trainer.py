@@ -71,6 +71,8 @@ from core.train.fold import (
     epoch_seed,
     fold_identity,
     predict,
+    predicted_rows,
+    prediction_batches,
     seed_all,
     train_batches,
 )
@@ -328,6 +330,7 @@ class FoldTrainer:
         self.folder = SolutionFolder(self.settings.out)
         self.resident: ResidentSplit | None = None
         self.loader: DataLoader | None = None  # the training DataLoader, built at the first epoch, kept for the fold
+        self.val_batches: DataLoader | ResidentBatches | None = None  # the validation batches, likewise
         self.parts: TrainingParts | None = None
         self.train_model: torch.nn.Module | None = None
         self.guard: SkipGuard | None = None
@@ -398,8 +401,11 @@ class FoldTrainer:
     def validate(self) -> tuple[np.ndarray, float, Scores]:
         """(probabilities, mean CE loss, scores) of the validation rows, in eval mode."""
         distributed.broadcast_buffers(self.parts.model)  # every rank validates (and rank 0 saves) rank 0's BN statistics
+        if self.val_batches is None:  # built once per fold: its DataLoader workers persist across epochs
+            self.val_batches = prediction_batches(self.data.train, predicted_rows(self.val_rows),
+                                                  self.settings.batch_size, self.runtime, self.options, self.resident)
         probs, loss = predict(self.parts.model, self.data.train, self.val_rows, self.settings.batch_size, self.runtime,
-                              self.options, self.resident)
+                              self.options, self.resident, self.val_batches)
         return probs, loss, score(self.data.train.labels()[self.val_rows], probs.argmax(axis=1))
 
     def state_dict(self) -> dict:
@@ -436,7 +442,7 @@ class FoldTrainer:
                 if on_epoch is not None:
                     on_epoch(record)
         finally:
-            self.loader = None  # its persistent workers end with the fold
+            self.loader = self.val_batches = None  # their persistent workers end with the fold
         best_row = next(row for row in state.history if row["epoch"] == state.best_epoch)
         best = Scores(best_row["val_accuracy"], best_row["val_macro_f1"], best_row["val_composite"])
         return FoldResult(fold, state.best_epoch, best, state.history, identity)
