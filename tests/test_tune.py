@@ -246,6 +246,42 @@ def test_budget_counts_the_whole_study_so_a_rerun_continues_it(tmp_path):
     assert [t.number for t in again.trials] == [0, 1, 2, 3, 4]
 
 
+class InterruptLostInFinaliser:
+    """Ctrl-C arriving while a finaliser runs (sqlalchemy's weakref callbacks did, in a real run): Python prints
+    the KeyboardInterrupt as "Exception ignored" and goes on."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs between these bytecodes, inside the finaliser
+            time.sleep(0.001)
+
+
+def test_a_ctrl_c_lost_in_a_finaliser_still_fails_the_running_trial_at_its_next_fold(monkeypatch):
+    from core.tune.search import raise_if_interrupted, terminate_as_interrupt
+
+    lost = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: lost.append(report.exc_type))
+    with terminate_as_interrupt():
+        InterruptLostInFinaliser()  # no reference kept: finalised at once
+        assert lost == [KeyboardInterrupt]  # the first raise was swallowed ...
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()  # ... the checkpoint raises it again
+
+    folds = StubFolds()
+
+    def fold_with_a_lost_interrupt(recipe, fold):
+        score = folds(recipe, fold)
+        if fold == 1:
+            InterruptLostInFinaliser()
+        return score
+
+    study = quiet_study(sampler=TrialSeededTPESampler(0))
+    with pytest.raises(KeyboardInterrupt):
+        run_search(study, make_objective(stub_plan(), fold_with_a_lost_interrupt), Budget(trials=1))
+    assert [t.state for t in study.trials] == [TrialState.FAIL] and folds.calls == 1  # no second fold
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() stands in for a worker that died
 def test_a_trial_of_a_dead_worker_is_failed_by_the_next_worker(tmp_path):
     url = f"sqlite:///{tmp_path / 'dead.db'}"

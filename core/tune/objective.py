@@ -16,6 +16,7 @@ import optuna
 
 from core.params import apply_params
 from core.recipe import Recipe
+from core.tune.search import raise_if_interrupted
 from core.tune.space import Dimension, lowest_point, suggest_params
 
 # Trains `recipe` with `fold` held out and returns that fold's best validation composite (fraction).
@@ -80,6 +81,7 @@ def make_objective(plan: SearchPlan, run_fold: FoldRunner, worker: str | None = 
         running_mean = float("nan")
         for step, fold in enumerate(plan.folds, start=1):
             fold_scores[str(fold)] = float(run_fold(recipe, fold))
+            raise_if_interrupted()  # a Ctrl-C whose first raise was lost fails the trial here (search.py)
             running_mean = float(np.mean(list(fold_scores.values())))
             trial.set_user_attr(FOLD_SCORES_ATTR, fold_scores)
             trial.report(running_mean, step)
@@ -103,6 +105,8 @@ def trainer_fold_runner(prepared, options) -> FoldRunner:
     from core.train.own_data import recipe_for_data
 
     def run_fold(recipe: Recipe, fold: int) -> float:
-        return train_fold(recipe_for_data(recipe, prepared.source), prepared, fold, options).best.composite
+        # Checked after every epoch too: a lost Ctrl-C ends the fold there, not a whole fold later.
+        return train_fold(recipe_for_data(recipe, prepared.source), prepared, fold, options,
+                          on_epoch=lambda _record: raise_if_interrupted()).best.composite
 
     return run_fold

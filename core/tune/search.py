@@ -42,21 +42,36 @@ class StopAtBudget:
             study.stop()
 
 
+_RECEIVED: list[int] = []  # the interrupting signals received while a search runs (this process)
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so `kill` also ends the running trial cleanly (marked failed)."""
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt, and are remembered: a KeyboardInterrupt that lands in a
+    garbage-collection callback (a weakref finaliser of sqlalchemy, say) is printed as "Exception ignored"
+    and lost, so the trial would run on; `raise_if_interrupted` at the objective's checkpoints raises it
+    again. SIGTERM is treated like Ctrl-C, so `kill` also ends the running trial cleanly (marked failed)."""
 
     def interrupt(signum: int, frame: Any) -> None:
+        _RECEIVED.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    _RECEIVED.clear()
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if Ctrl-C or SIGTERM came during the search, even if its first raise was lost."""
+    if _RECEIVED:
+        raise KeyboardInterrupt(f"signal {_RECEIVED[0]}")
 
 
 def run_search(study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: Budget,
