@@ -282,6 +282,33 @@ def test_a_ctrl_c_lost_in_a_finaliser_still_fails_the_running_trial_at_its_next_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was put back
 
 
+def test_a_heartbeat_thread_orphaned_by_a_ctrl_c_is_stopped_when_the_search_ends():
+    """optuna's heartbeat thread is not a daemon: one left beating (a Ctrl-C inside its start or stop) would
+    keep the process from ever exiting; the search's end stops it and leaves other threads alone."""
+    import threading
+
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    from core.tune.search import terminate_as_interrupt
+
+    class Beats:
+        def get_heartbeat_interval(self) -> int:
+            return 3600
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            pass
+
+    other = threading.Event()
+    bystander = threading.Thread(target=other.wait, daemon=True)
+    bystander.start()
+    with terminate_as_interrupt():
+        orphan = HeartbeatThread(0, Beats())
+        orphan.start()  # never joined: what an interrupt inside optuna's `with get_heartbeat_thread(...)` leaves
+    assert not orphan._thread.is_alive()
+    assert bystander.is_alive()
+    other.set()
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask() stands in for a worker that died
 def test_a_trial_of_a_dead_worker_is_failed_by_the_next_worker(tmp_path):
     url = f"sqlite:///{tmp_path / 'dead.db'}"

@@ -66,6 +66,26 @@ def terminate_as_interrupt() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        stop_orphaned_heartbeats()
+
+
+def stop_orphaned_heartbeats() -> int:
+    """Stop the optuna heartbeat threads still beating once the search is over; how many there were.
+
+    optuna's heartbeat thread is not a daemon: a Ctrl-C landing while optuna starts or stops it (inside
+    HeartbeatThread.__enter__ or join) leaves it beating forever, and the process never exits after saying
+    "interrupted" (seen once under load). Once study.optimize has returned or raised, no trial of this
+    worker runs, so every such thread is an orphan. Its stop event is its third argument (optuna 5.0).
+    """
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    stopped = 0
+    for thread in threading.enumerate():
+        if getattr(thread, "_target", None) is HeartbeatThread._record_heartbeat:
+            thread._args[2].set()
+            thread.join(timeout=5)
+            stopped += 1
+    return stopped
 
 
 def raise_if_interrupted() -> None:
