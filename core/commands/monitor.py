@@ -67,10 +67,9 @@ def monitor(
     check_stream_format(sample_format, rate, channels, spec)
     note(rules_source)
     on_frame = print_hop_line(spec, hop) if every_hop else None
-    # Batches of up to 32 windows, as detect's: a live source fills one window per hop anyway, a pipe that is
-    # ahead fills whole batches (read up to a batch of hops at a time, run_pipe).
-    detector = StreamDetector(spec, rules, hop, parse_salience(salience, []).values_for(Path("-")), batch_size=32,
-                              on_frame=on_frame)
+    # StreamDetector's batches (32 windows, as detect's): a live source fills one window per hop anyway, a pipe
+    # that is ahead fills whole batches (run_pipe reads up to a batch of hops at a time).
+    detector = StreamDetector(spec, rules, hop, parse_salience(salience, []).values_for(Path("-")), on_frame=on_frame)
     try:
         if input_ == "-":
             run_pipe(detector, sys.stdin.buffer, sample_format, channels)
